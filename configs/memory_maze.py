@@ -1,0 +1,35 @@
+"""Stage 2 (TECO) on the locally generated Memory Maze set, sized to train on a 2-core CPU.
+
+    python -m teco.train --config=configs/memory_maze.py --workdir=workdirs/memory_maze/teco
+"""
+from configs import common, teco_model
+
+
+def get_config(arg=None):
+    c = common.base_config("teco")
+    c.data = common.data_config("memory_maze", image_size=64)
+    teco_model.teco_model_config(c)
+    c.data.source = "codes"
+    c.data.data_dir = "data/codes/memory_maze"
+    c.vqvae_ckpt = "workdirs/memory_maze/vqgan"
+    c.batch_size = 8
+    c.lr = 3e-4
+    c.warmup_steps = 200
+    c.total_steps = 3000
+    c.seq_len = 100
+    c.eval_seq_len = 300
+    c.encoder.update(dict(depths=(64, 128), blocks=1))
+    c.decoder.update(dict(depths=(64, 128), blocks=2))
+    c.embedding_dim = 32
+    c.codebook.n_codes = 512
+    c.z_ds = 8
+    c.z_tfm_kwargs.update(dict(embed_dim=256, mlp_dim=1024, num_heads=4, num_layers=4))
+    c.z_git.update(dict(vocab_dim=64))
+    c.z_git.tfm_kwargs.update(dict(embed_dim=128, mlp_dim=512, num_heads=4, num_layers=2))
+    c.drop_loss_rate = 0.8
+    c.log_interval = 20
+    c.log_eval_interval = 250
+    c.viz_interval = 500
+    c.save_interval = 250
+    c.save_interval_secs = 600.0
+    return common.finish(c, arg, teco_model.tiny_teco)
