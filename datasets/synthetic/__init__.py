@@ -1,0 +1,1 @@
+"""Dependency-free procedural data set (numpy only) for tests and smoke runs."""

@@ -1,0 +1,318 @@
+"""Input pipeline: grain over built TFDS sets, the authors' raw folders, or encoded VQ codes.
+
+    episodes (random access) -> shuffle + repeat (train) -> crop `seq_len` frames
+      -> this process's slice -> batch -> global jax.Array on the mesh's data axes
+
+Deterministic given the seed; the iterator's position is a small dict (`get_state`) that
+checkpoints store, so a resumed run reads exactly the batches it would have read.
+Bad files raise `DataError` naming the file, or, with `data.on_bad_file='skip'`, are dropped
+and counted (`BatchIterator.skipped`).
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from teco import sharding as sh
+from teco.video_io import DataError, check_episode, find_videos, load_video
+
+CODES_META = "codes_meta.json"
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class FolderSource:
+    """The authors' release as it is on disk: one episode per .npz / .mp4 file."""
+
+    def __init__(self, root: str, split: str, *, has_actions: bool = True):
+        self.files = find_videos(root, split)
+        self.has_actions = has_actions
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path = self.files[i]
+        return {**load_video(path, has_actions=self.has_actions), "_name": str(path)}
+
+
+def find_tfds_dir(data_dir: str, name: str) -> Path:
+    """Newest built version of `name` (optionally `name/config`) under `data_dir`."""
+    base = Path(data_dir) / name
+    infos = sorted(base.glob("dataset_info.json")) or sorted(base.glob("*/dataset_info.json")) \
+        or sorted(base.glob("*/*/dataset_info.json"))
+    if not infos:
+        raise DataError(
+            f"data set '{name}' is not built under {data_dir} (no dataset_info.json below {base}); "
+            f"build it with `python -m datasets.build {name.split('/')[0]} --data_dir={data_dir}`")
+    newest = max(infos, key=lambda p: p.stat().st_mtime)
+    return newest.parent
+
+
+class TfdsSource:
+    """A built TFDS data set in the array_record format, read by index without TensorFlow."""
+
+    def __init__(self, data_dir: str, name: str, split: str):
+        import tensorflow_datasets as tfds
+
+        self.path = find_tfds_dir(data_dir, name)
+        builder = tfds.builder_from_directory(str(self.path))
+        if split not in builder.info.splits:
+            raise DataError(f"data set at {self.path} has no split '{split}' "
+                            f"(splits: {sorted(builder.info.splits)})")
+        self.source = builder.as_data_source(split)
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            ep = dict(self.source[i])
+        except Exception as e:  # a truncated/corrupt record surfaces as various errors
+            raise DataError(f"{self.path} [{self.split} #{i}]: cannot read record "
+                            f"({type(e).__name__}: {e})") from None
+        ep["_name"] = f"{self.path} [{self.split} #{i}]"
+        return ep
+
+
+class CodesSource:
+    """VQ codes written by `teco.encode`: array_record files of npz-encoded episodes."""
+
+    def __init__(self, root: str, split: str):
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+        root_path = Path(root)
+        meta_path = root_path / CODES_META
+        if not meta_path.exists():
+            raise DataError(f"{root} is not an encoded data set (no {CODES_META}); "
+                            "write one with `python -m teco.encode`")
+        self.meta = json.loads(meta_path.read_text())
+        files = sorted(str(p) for p in root_path.glob(f"{split}.array_record-*"))
+        if not files:
+            raise DataError(f"encoded data set {root} has no split '{split}'")
+        self.source = ArrayRecordDataSource(files)
+        self.root, self.split = root, split
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        name = f"{self.root} [{self.split} #{i}]"
+        try:
+            with np.load(io.BytesIO(self.source[i]), allow_pickle=False) as f:
+                ep = {k: f[k] for k in f.files}
+        except Exception as e:
+            raise DataError(f"{name}: cannot read record ({type(e).__name__}: {e})") from None
+        ep["_name"] = name
+        return ep
+
+
+class CodesWriter:
+    """Writes an encoded split: `<root>/<split>.array_record-00000-of-00001` + codes_meta.json."""
+
+    def __init__(self, root: str, split: str, meta: dict[str, Any]):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.final = self.root / f"{split}.array_record-00000-of-00001"
+        self.tmp = self.final.with_suffix(".tmp")
+        self.writer = ArrayRecordWriter(str(self.tmp), "group_size:1")
+        self.meta = meta
+        self.count = 0
+
+    def add(self, codes_THW: np.ndarray, actions_T: np.ndarray, **extra: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, codes=np.asarray(codes_THW, np.int16), actions=np.asarray(actions_T, np.int32),
+                 **extra)
+        self.writer.write(buf.getvalue())
+        self.count += 1
+
+    def close(self) -> None:
+        self.writer.close()
+        self.tmp.replace(self.final)  # a split appears only once completely written
+        meta_path = self.root / CODES_META
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        meta.update(self.meta)
+        meta.setdefault("splits", {})[self.final.name.split(".")[0]] = self.count
+        meta_path.write_text(json.dumps(meta, indent=1))
+
+
+def synthetic_dir(data_config, seq_len: int) -> str:
+    """Builds (once) the synthetic set the tiny configs read, sized from the config."""
+    from datasets.synthetic import synthetic_dataset_builder as synth
+
+    length = max(24, 2 * seq_len)
+    builder = synth.make_builder(data_config.data_dir, image_size=data_config.image_size,
+                                 length=length)
+    if not Path(builder.data_dir).joinpath("dataset_info.json").exists():
+        builder.download_and_prepare()
+    return f"synthetic/{builder.builder_config.name}"
+
+
+def make_source(data_config, split: str, *, seq_len: int = 1):
+    src = data_config.source
+    if src == "tfds":
+        name = data_config.name
+        if name == "synthetic":
+            name = synthetic_dir(data_config, seq_len)
+        return TfdsSource(data_config.data_dir, name, split)
+    if src == "authors":
+        return FolderSource(data_config.data_dir, split, has_actions=data_config.has_actions)
+    if src == "codes":
+        return CodesSource(data_config.data_dir, split)
+    raise ValueError(f"data.source must be 'tfds', 'authors' or 'codes', got {src!r}")
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+class _Crop:
+    """Validates one episode and cuts `seq_len` frames (random start in training)."""
+
+    def __init__(self, key: str, seq_len: int, image_size: int | None, random_start: bool,
+                 skip_bad: bool):
+        self.key, self.seq_len, self.image_size = key, seq_len, image_size
+        self.random_start, self.skip_bad = random_start, skip_bad
+
+    def __call__(self, ep: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
+        name = ep.get("_name", "?")
+        try:
+            if self.key not in ep:
+                raise DataError(f"{name}: record has no '{self.key}' (keys: {sorted(ep)})")
+            check_episode(ep, name=name, image_size=self.image_size, min_length=self.seq_len,
+                          key=self.key)
+            if "actions" not in ep or len(ep["actions"]) != len(ep[self.key]):
+                raise DataError(f"{name}: actions missing or not aligned with frames")
+        except DataError:
+            if self.skip_bad:
+                return {"_bad": name}
+            raise
+        length = ep[self.key].shape[0]
+        start = int(rng.integers(0, length - self.seq_len + 1)) if self.random_start else 0
+        sl = slice(start, start + self.seq_len)
+        x = np.asarray(ep[self.key][sl])
+        return {self.key: x.astype(np.int32) if self.key == "codes" else x,
+                "actions": np.asarray(ep["actions"][sl], np.int32)}
+
+
+class _SafeGet:
+    """Turns a read error into a marked element when bad files are skipped."""
+
+    def __init__(self, source, skip_bad: bool):
+        self.source, self.skip_bad = source, skip_bad
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        try:
+            return self.source[i]
+        except DataError as e:
+            if not self.skip_bad:
+                raise
+            return {"_bad": str(e), "_name": str(e)}
+
+
+# ----------------------------------------------------------------------------- iterator
+
+
+class BatchIterator:
+    """Yields global batches {video float32 [B,T,H,W,3] in [-1,1] | codes int32 [B,T,h,w],
+    actions int32 [B,T]} placed on the mesh's data axes; `get_state`/`set_state` for resume."""
+
+    def __init__(self, dataset: grain.IterDataset, mesh, key: str, local_batch: int):
+        self._dataset = dataset
+        self._it = iter(dataset)
+        self._sharding = sh.batch_sharding(mesh)
+        self.key = key
+        self.local_batch = local_batch
+        self.skipped = 0
+        self.skipped_names: list[str] = []
+        if key == "video":
+            self._to_float = jax.jit(lambda v: (v.astype(jnp.float32) - 127.5) / 127.5,
+                                     out_shardings=self._sharding)
+
+    def __iter__(self):
+        return self
+
+    def _next_local(self) -> list[dict[str, np.ndarray]]:
+        batch = []
+        while len(batch) < self.local_batch:
+            el = next(self._it)
+            if "_bad" in el:
+                self.skipped += 1
+                if len(self.skipped_names) < 100:
+                    self.skipped_names.append(el["_bad"])
+                continue
+            batch.append(el)
+        return batch
+
+    def __next__(self) -> dict[str, jax.Array]:
+        batch = self._next_local()
+        out = {}
+        for k in (self.key, "actions"):
+            local = np.stack([el[k] for el in batch])
+            out[k] = jax.make_array_from_process_local_data(self._sharding, local)
+        if self.key == "video":
+            out["video"] = self._to_float(out["video"])
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"grain": self._it.get_state(), "skipped": self.skipped}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._it.set_state(state["grain"])
+        self.skipped = int(state.get("skipped", 0))
+
+
+def make_iterator(config, mesh, *, split: str, train: bool, seed: int | None = None,
+                  num_epochs: int | None = None) -> BatchIterator:
+    """The input pipeline of `config` (its `data`, `batch_size`, `seq_len`, `image_size`).
+
+    train=True: shuffled, repeated forever, random crops. train=False: file order, crops from
+    frame 0, `num_epochs` passes (None = forever); the last partial batch is dropped.
+    """
+    data = config.data
+    seed = int(config.seed if seed is None else seed)
+    key = "codes" if data.source == "codes" else "video"
+    n_proc, proc = jax.process_count(), jax.process_index()
+    global_batch = int(config.batch_size)
+    dp = sh.data_parallel_size(mesh)
+    if global_batch % dp or global_batch % n_proc:
+        raise ValueError(f"batch_size={global_batch} is not divisible by the data-parallel size "
+                         f"{dp} and the process count {n_proc}")
+    local_batch = global_batch // n_proc
+    skip_bad = data.on_bad_file == "skip"
+
+    source = make_source(data, split, seq_len=int(config.seq_len))
+    ds = grain.MapDataset.source(_SafeGet(source, skip_bad))
+    if train:
+        ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    elif num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    image_size = data.image_size if key == "video" else None
+    crop = _Crop(key, int(config.seq_len), image_size, random_start=train, skip_bad=skip_bad)
+    ds = ds.random_map(crop, seed=seed + 1)
+    # Every process takes a disjoint, interleaved slice of the same global order.
+    ds = ds[proc::n_proc]
+    read = grain.ReadOptions(num_threads=max(1, min(4, local_batch)),
+                             prefetch_buffer_size=max(2, int(data.prefetch)) * local_batch)
+    it_ds = ds.to_iter_dataset(read)
+    if int(data.worker_count) > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data.worker_count)))
+    return BatchIterator(it_ds, mesh, key, local_batch)
+
+
+def frames_per_batch(config) -> int:
+    return int(config.batch_size) * int(config.seq_len)
+
