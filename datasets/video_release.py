@@ -25,7 +25,8 @@ class VideoReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         return self.dataset_info_from_configs(
             description=f"The authors' {self.name} videos ({s}x{s}).",
             features=tfds.features.FeaturesDict({
-                "video": tfds.features.Tensor(shape=(None, s, s, 3), dtype=np.uint8),
+                "video": tfds.features.Tensor(shape=(None, s, s, 3), dtype=np.uint8,
+                                              encoding=tfds.features.Encoding.BYTES),
                 "actions": tfds.features.Tensor(shape=(None,), dtype=np.int32),
                 "source": tfds.features.Text(),
             }),

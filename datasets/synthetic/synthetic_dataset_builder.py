@@ -44,7 +44,8 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             description="Procedural videos of a walk over a fixed 2-D world, with actions.",
             features=tfds.features.FeaturesDict({
-                "video": tfds.features.Tensor(shape=(None, s, s, 3), dtype=np.uint8),
+                "video": tfds.features.Tensor(shape=(None, s, s, 3), dtype=np.uint8,
+                                              encoding=tfds.features.Encoding.BYTES),
                 "actions": tfds.features.Tensor(shape=(None,), dtype=np.int32),
                 "positions": tfds.features.Tensor(shape=(None, 2), dtype=np.int32),
             }),
