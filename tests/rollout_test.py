@@ -1,0 +1,78 @@
+"""Cached rollout == the authors' recompute-everything rollout, within and past the window."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import teco  # noqa: F401  (disables eager sharding)
+from teco import rollout
+from teco.models.teco import TECO
+
+VQ_CODES, VQ_DIM, GRID = 16, 8, (8, 8)
+
+
+@pytest.fixture(scope="module")
+def model_and_table():
+    model = TECO(vq_n_codes=VQ_CODES, vq_embedding_dim=VQ_DIM, latent_shape=GRID, seq_len=4,
+                 n_cond=1, encoder_depths=(32, 32), encoder_blocks=1, decoder_depths=(32, 32),
+                 decoder_blocks=1, embedding_dim=8, n_codes=16, proj_dim=4, z_ds=2,
+                 tfm_embed_dim=32, tfm_mlp_dim=32, tfm_num_heads=2, tfm_num_layers=1,
+                 git_vocab_dim=8, git_embed_dim=32, git_mlp_dim=32, git_num_heads=2,
+                 git_num_layers=1, action_dim=3, action_embed_dim=4, rngs=nnx.Rngs(0))
+    # Larger token embeddings make the random prior's logits decisive, like a trained one.
+    model.z_git.token_embed[...] = model.z_git.token_embed[...] * 50
+    table = jax.random.normal(jax.random.key(1), (VQ_CODES, VQ_DIM))
+    return model, table
+
+
+def inputs(b, c, n_new, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = jnp.asarray(rng.integers(0, VQ_CODES, (b, c, *GRID)), jnp.int32)
+    actions = jnp.asarray(rng.integers(0, 3, (b, c + n_new)), jnp.int32)
+    return codes, actions
+
+
+def run_both(model, table, c, n_new, spec):
+    codes, actions = inputs(2, c, n_new)
+    key = jax.random.key(7)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def fast(state, codes, actions, key):
+        return rollout.rollout(nnx.merge(graphdef, state), table, codes, actions, key,
+                               n_new=n_new, spec=spec)
+
+    got = fast(state, codes, actions, key)
+    want = rollout.rollout_reference(model, table, codes, actions, key, n_new=n_new, spec=spec)
+    return np.asarray(got), np.asarray(want), np.asarray(codes)
+
+
+@pytest.mark.parametrize("c,n_new,guidance", [(2, 6, 1.0), (5, 2, 2.0)])
+def test_cached_rollout_equals_reference(model_and_table, c, n_new, guidance):
+    model, table = model_and_table
+    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=guidance)
+    got, want, codes = run_both(model, table, c, n_new, spec)
+    assert got.shape == (2, c + n_new, *GRID)
+    np.testing.assert_array_equal(got[:, :c], codes)       # the context is passed through
+    np.testing.assert_array_equal(got, want)               # (2, 6): slides past seq_len=4
+    assert (got >= 0).all() and (got < VQ_CODES).all()
+
+
+def test_fixed_tokens_are_kept(model_and_table):
+    model, table = model_and_table
+    codes, actions = inputs(2, 2, 3)
+    fixed_codes = jnp.full((2, 3, 4, 4), 5, jnp.int32)
+    fixed_mask = jnp.zeros((2, 3, 4, 4), bool).at[:, :, :2].set(True)
+    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, temperature=0.0)
+    got = rollout.rollout(model, table, codes, actions, jax.random.key(0), n_new=3, spec=spec,
+                          fixed_codes=fixed_codes, fixed_mask=fixed_mask)
+    assert got.shape == (2, 5, *GRID)
+
+
+def test_bad_arguments(model_and_table):
+    model, table = model_and_table
+    codes, actions = inputs(1, 2, 3)
+    spec = rollout.SamplerSpec()
+    with pytest.raises(ValueError, match="actions cover 5 frames, expected n_context \\+ n_new = 6"):
+        rollout.rollout(model, table, codes, actions, jax.random.key(0), n_new=4, spec=spec)
