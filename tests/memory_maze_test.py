@@ -1,0 +1,120 @@
+"""memory_maze: real Memory Maze frames built into TFDS (tiny config) and read back.
+
+memory_maze is never imported in this process: MuJoCo and TensorFlow in one process segfault,
+and pytest may have TensorFlow loaded. Rendering happens in spawned workers; the skip below
+only looks the package up (the equivalent of pytest.importorskip without importing it).
+"""
+import importlib.util
+import multiprocessing
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("memory_maze") is None:
+    pytest.skip("memory_maze not installed (pip extra `maze`)", allow_module_level=True)
+
+from datasets.memory_maze import generate
+from datasets.memory_maze import memory_maze_dataset_builder as mm
+
+T = mm.TINY.length
+FORWARD_ACTIONS = (1, 4, 5)
+# A seed whose first 24 frames make the agent walk through a goal sphere (steps 12-15), so the
+# stock/fast comparison covers the touch the fast env no longer checks.
+TOUCH_SEED, TOUCH_LENGTH = 2, 24
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """The tiny config built twice: with 2 workers and with 1 (the records must not differ)."""
+    a = mm.build(str(tmp_path_factory.mktemp("maze_a")), "tiny", workers=2)
+    b = mm.build(str(tmp_path_factory.mktemp("maze_b")), "tiny", workers=1)
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def episodes(builds):
+    builder = builds[0]
+    return {split: [builder.as_data_source(split)[i] for i in range(n)]
+            for split, n in (("train", mm.TINY.episodes_train), ("test", mm.TINY.episodes_test))}
+
+
+def test_records_have_the_documented_layout(episodes):
+    for split, eps in episodes.items():
+        for i, ep in enumerate(eps):
+            assert ep["video"].shape == (T, 64, 64, 3) and ep["video"].dtype == np.uint8
+            assert ep["actions"].shape == (T,) and ep["actions"].dtype == np.int32
+            assert ep["agent_pos"].shape == (T, 2) and ep["agent_pos"].dtype == np.float32
+            assert ep["agent_dir"].shape == (T, 2) and ep["agent_dir"].dtype == np.float32
+            assert ep["maze_layout"].shape == (9, 9) and ep["maze_layout"].dtype == np.uint8
+            assert int(ep["episode_id"]) == i
+            assert int(ep["seed"]) == generate.episode_seed(mm.TINY.seed, split, i)
+    seeds = [int(ep["seed"]) for eps in episodes.values() for ep in eps]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_frames_are_real_renders(episodes):
+    for ep in (ep for eps in episodes.values() for ep in eps):
+        video = ep["video"].astype(np.float32)
+        assert video.min() < 60 and video.max() > 120  # walls, floor and sky, not a blank frame
+        assert video.reshape(T, -1).std(axis=1).min() > 5  # every frame has structure
+        assert np.abs(np.diff(video, axis=0)).mean() > 1  # and the view changes over time
+    first = [eps[0]["video"][0] for eps in episodes.values()]
+    assert not np.array_equal(first[0], first[1])  # different seeds, different mazes
+
+
+def test_actions_are_aligned_with_the_frames_they_led_to(episodes):
+    for ep in (ep for eps in episodes.values() for ep in eps):
+        actions, pos, heading = ep["actions"], ep["agent_pos"], ep["agent_dir"]
+        assert actions[0] == 0  # frame 0 is the reset observation: no action led to it
+        assert actions.min() >= 0 and actions.max() < generate.NUM_ACTIONS
+        assert np.isfinite(pos).all() and np.isfinite(heading).all()
+        np.testing.assert_allclose(np.linalg.norm(heading, axis=1), 1.0, atol=1e-4)
+        layout = ep["maze_layout"]
+        assert set(np.unique(layout)) <= {0, 1}
+        # The layout is indexed [y, x] with the agent's cell free at every frame.
+        assert all(layout[int(y), int(x)] == 1 for x, y in pos)
+        # actions[t] produced frame t: a forward action at t moves the agent from pos[t-1] along
+        # heading[t-1] (the momentum of a turn-only step moves it far less).
+        step = pos[1:] - pos[:-1]
+        along = np.einsum("tc,tc->t", step, heading[:-1])
+        forward = np.isin(actions[1:], FORWARD_ACTIONS)
+        assert forward.sum() >= 3
+        assert along[forward].mean() > 0.05
+
+
+def test_builds_are_byte_identical_whatever_the_worker_count(builds):
+    a, b = (Path(builder.data_dir) for builder in builds)
+    files = sorted(p.name for p in a.iterdir())
+    records = [name for name in files if ".array_record-" in name]
+    assert len(records) == 2 and files == sorted(p.name for p in b.iterdir())
+    # All files, metadata included: TFDS writes no timestamps into them.
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_this_process_never_imports_mujoco(builds):
+    del builds  # after two builds
+    assert "mujoco" not in sys.modules and "memory_maze" not in sys.modules
+
+
+def test_disabled_target_checks_leave_frames_identical():
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        result = pool.apply(generate.compare_fast_to_stock, (TOUCH_SEED, TOUCH_LENGTH))
+    assert result["stock_touched_substeps"] > 0, result  # the comparison covers a touch
+    assert all(result["identical"].values()), result
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="unknown memory_maze config"):
+        mm.get_config("huge")
+    with pytest.raises(ValueError, match="length"):
+        generate.run_episode(None, 0, length=generate.MAX_LENGTH + 1)  # checked before the env
+    with pytest.raises(ValueError, match="workers"):
+        generate.EpisodePool(workers=0)
+    with pytest.raises(ValueError, match="listed name"):
+        mm.build("/nonexistent", mm.MemoryMazeConfig(name="tiny", length=8))
+    assert generate.episode_seed(0, "train", 1) != generate.episode_seed(0, "test", 1)
+    assert generate.episode_seed(3, "train", 1) == generate.episode_seed(3, "train", 1)
