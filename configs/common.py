@@ -43,7 +43,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.total_steps = 1_000_000
     c.weight_decay = 1e-5
     c.b1 = 0.9
-    c.b2 = 0.99
+    c.b2 = 0.95                # the authors hard-code AdamW(b1=0.9, b2=0.95)
     c.clip_grad_norm = 1.0    # 0 disables clipping
 
     # Numerics and memory.
@@ -56,6 +56,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
 
     # Logging, evaluation and checkpoints.
     c.log_interval = 100
+    c.progress_interval_secs = 10.0  # a progress line (step, loss, steps/s, ETA) this often
     c.log_eval_interval = 5000
     c.eval_batches = 4
     c.viz_interval = 10_000

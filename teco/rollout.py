@@ -119,7 +119,7 @@ def _prefill(model, latents_BFHWC, actions_emb_BFA, n_frames_cache: int):
     sos = jnp.broadcast_to(model.sos[...].astype(model.dtype)[None, None], (b, 1) + model.sos.shape)
     parts = [sos]
     if f > 1:
-        parts.append(model._frame_tokens(latents_BFHWC[:, :-1], actions_emb_BFA[:, 1:]))
+        parts.append(model.frame_tokens(latents_BFHWC[:, :-1], actions_emb_BFA[:, 1:]))
     tokens = jnp.concatenate(parts, axis=1).reshape(b, f * model.n_per, -1)
     _, cache = model.z_tfm.extend(tokens, cache, 0)
     return cache

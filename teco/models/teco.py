@@ -1,0 +1,292 @@
+"""TECO stage-2 network (authors' layout and numerics; AUTHORS_ARCHITECTURE.md section 2-3).
+
+Shapes: B batch, T = seq_len, T' = T - n_cond; VQ latent h x w with C_vq channels (frozen table passed
+in, never a parameter); TECO latent z_h x z_w x D (D = embedding_dim); temporal tokens g_h x g_w x E
+per frame (n_per = g_h * g_w).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from teco import losses
+from teco.models.layers import Dense, Embed, ResNetDecoder, ResNetEncoder, as_dtype, param
+from teco.models.maskgit import MASK_TOKEN, MaskGit, sample_training_mask
+from teco.models.quantizer import FactorizedCodebook
+from teco.models.transformer import Transformer
+
+
+class PatchProjection(nnx.Module):
+    """Conv with kernel = stride = z_ds, VALID, no bias (authors' `z_proj`): [.., z, z, C] -> [.., g, g, E]."""
+
+    def __init__(self, z_ds: int, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+        self.z_ds, self.dtype = z_ds, as_dtype(dtype)
+        self.kernel = param(rngs, nnx.initializers.lecun_normal(),
+                            (z_ds, z_ds, in_features, out_features), (None, None, "conv_in", "embed"))
+
+    def __call__(self, x_NHWC):
+        n, h, w, c = x_NHWC.shape
+        s = self.z_ds
+        x = x_NHWC.astype(self.dtype).reshape(n, h // s, s, w // s, s, c)
+        return jnp.einsum("niajbc,abce->nije", x, self.kernel[...].astype(self.dtype))
+
+
+class PatchUnprojection(nnx.Module):
+    """Transposed conv, kernel = stride = z_ds, VALID, no bias (authors' `z_unproj`). Flax applies the
+    stored kernel spatially flipped: out(s*i + a, s*j + b) = token(i, j) . kernel[s-1-a, s-1-b]."""
+
+    def __init__(self, z_ds: int, in_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
+        self.z_ds, self.dtype = z_ds, as_dtype(dtype)
+        self.kernel = param(rngs, nnx.initializers.lecun_normal(),
+                            (z_ds, z_ds, in_features, out_features), (None, None, "embed", "conv_out"))
+
+    def __call__(self, x_NGHE):
+        n, gh, gw, _ = x_NGHE.shape
+        k = self.kernel[...].astype(self.dtype)[::-1, ::-1]
+        y = jnp.einsum("nije,abed->niajbd", x_NGHE.astype(self.dtype), k)
+        return y.reshape(n, gh * self.z_ds, gw * self.z_ds, -1)
+
+
+def _flat_time(fn, *xs):
+    """Applies a per-frame fn to [B, T, ...] tensors by folding T into the batch."""
+    b, t = xs[0].shape[:2]
+    out = fn(*[x.reshape(b * t, *x.shape[2:]) for x in xs])
+    return out.reshape(b, t, *out.shape[1:])
+
+
+class TECO(nnx.Module):
+    """Posterior encoder + codebook, temporal transformer, decoder and MaskGit prior (`z_git`).
+
+    Attribute names follow the authors' modules (sos_post, encoder/encoder_out, codebook,
+    action_embeds, z_proj, sos, z_tfm, z_unproj, decoder, z_git); `teco.convert` maps their paths.
+    """
+
+    def __init__(self, *, vq_n_codes: int, vq_embedding_dim: int, latent_shape, seq_len: int,
+                 n_cond: int = 1, encoder_depths=(256, 512), encoder_blocks: int = 2,
+                 decoder_depths=(256, 512), decoder_blocks: int = 4, embedding_dim: int = 64,
+                 n_codes: int = 1024, proj_dim: int = 32, z_ds: int = 8,
+                 tfm_embed_dim: int = 1024, tfm_mlp_dim: int = 4096, tfm_num_heads: int = 16,
+                 tfm_num_layers: int = 8, tfm_dropout: float = 0.0,
+                 tfm_attention_dropout: float = 0.0, git_vocab_dim: int = 256,
+                 git_embed_dim: int = 512, git_mlp_dim: int = 2048, git_num_heads: int = 8,
+                 git_num_layers: int = 8, git_dropout: float = 0.0,
+                 git_attention_dropout: float = 0.0, mask_schedule: str = "cosine",
+                 use_actions: bool = True, action_dim: int = 6, action_embed_dim: int = 16,
+                 dropout_actions: bool = True, drop_loss_rate: float = 0.0,
+                 label_smoothing: float = 0.01, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
+        h, w = (int(s) for s in latent_shape)
+        down = 2 ** (len(encoder_depths) - 1)
+        if h % down or w % down:
+            raise ValueError(f"TECO: latent {h}x{w} is not divisible by the encoder's {down}x downsampling")
+        z_h, z_w = h // down, w // down
+        if z_h % z_ds or z_w % z_ds:
+            raise ValueError(f"TECO: TECO latent {z_h}x{z_w} is not divisible by z_ds={z_ds}")
+        up = 2 ** (len(decoder_depths) - 1)
+        if (z_h * up, z_w * up) != (h, w):
+            raise ValueError(f"TECO: decoder upsamples {z_h}x{z_w} by {up} to {z_h * up}x{z_w * up}, "
+                             f"not the VQ latent {h}x{w}; decoder depths must have as many levels "
+                             f"as encoder depths")
+        if not 0 < n_cond < seq_len:
+            raise ValueError(f"TECO: need 0 < n_cond < seq_len, got n_cond={n_cond}, seq_len={seq_len}")
+        self.latent_shape, self.z_shape = (h, w), (z_h, z_w)
+        self.g_shape = (z_h // z_ds, z_w // z_ds)
+        self.n_per = self.g_shape[0] * self.g_shape[1]
+        self.seq_len, self.n_cond, self.z_ds = seq_len, n_cond, z_ds
+        self.vq_n_codes, self.n_codes, self.embedding_dim = vq_n_codes, n_codes, embedding_dim
+        self.use_actions, self.dropout_actions = use_actions, dropout_actions
+        self.drop_loss_rate, self.label_smoothing = float(drop_loss_rate), float(label_smoothing)
+        self.tfm_embed_dim = tfm_embed_dim
+        self.dtype = as_dtype(dtype)
+        if not 0.0 <= self.drop_loss_rate < 1.0:
+            raise ValueError(f"TECO: drop_loss_rate must be in [0, 1), got {drop_loss_rate}")
+
+        std02 = nnx.initializers.normal(0.02)
+        self.sos_post = param(rngs, std02, (h, w, vq_embedding_dim), (None, None, None))
+        self.encoder = ResNetEncoder(2 * vq_embedding_dim, encoder_depths, encoder_blocks,
+                                     dtype=dtype, rngs=rngs)
+        self.encoder_out = Dense(self.encoder.out_features, embedding_dim, names=("conv_in", None),
+                                 dtype=dtype, rngs=rngs)
+        self.codebook = FactorizedCodebook(n_codes, proj_dim, embedding_dim, rngs=rngs)
+        self.action_embeds = Embed(action_dim + 1, action_embed_dim, rngs=rngs)
+        self.z_proj = PatchProjection(z_ds, embedding_dim + action_embed_dim, tfm_embed_dim,
+                                      dtype=dtype, rngs=rngs)
+        self.sos = param(rngs, std02, (*self.g_shape, tfm_embed_dim), (None, None, "embed"))
+        self.z_tfm = Transformer(tfm_embed_dim, tfm_embed_dim, tfm_mlp_dim, tfm_num_heads,
+                                 tfm_num_layers, pos_type="sinusoidal", block_size=self.n_per,
+                                 dropout=tfm_dropout, attention_dropout=tfm_attention_dropout,
+                                 dtype=dtype, remat=remat, rngs=rngs)
+        self.z_unproj = PatchUnprojection(z_ds, tfm_embed_dim, embedding_dim, dtype=dtype, rngs=rngs)
+        self.decoder = ResNetDecoder(2 * embedding_dim, decoder_depths, decoder_blocks, vq_n_codes,
+                                     dtype=dtype, rngs=rngs)
+        self.z_git = MaskGit(n_codes, git_vocab_dim, embedding_dim, self.z_shape,
+                             embed_dim=git_embed_dim, mlp_dim=git_mlp_dim, num_heads=git_num_heads,
+                             num_layers=git_num_layers, dropout=git_dropout,
+                             attention_dropout=git_attention_dropout, mask_schedule=mask_schedule,
+                             dtype=dtype, remat=remat, rngs=rngs)
+
+    # --- 2.1 actions -------------------------------------------------------------------------
+    def embed_actions(self, actions_BT):
+        """[B, T] ints in [0, action_dim) or -1 (no action, the table's last row) -> [B, T, A]."""
+        if not self.use_actions:
+            actions_BT = jnp.zeros_like(actions_BT)
+        return self.action_embeds(actions_BT)
+
+    # --- 2.3 posterior encoder ---------------------------------------------------------------
+    def encode_continuous(self, vq_embeddings_BTHWC):
+        """u_t = Enc(concat(e_{t-1}, e_t)) for all T frames (e_{-1} = sos_post) -> [B, T, z_h, z_w, D]."""
+        b = vq_embeddings_BTHWC.shape[0]
+        e = vq_embeddings_BTHWC.astype(jnp.float32)
+        sos = jnp.broadcast_to(self.sos_post[...][None, None], (b, 1) + self.sos_post.shape)
+        prev = jnp.concatenate([sos, e[:, :-1]], axis=1)
+        x = jnp.concatenate([prev, e], axis=-1)
+        return _flat_time(lambda f: self.encoder_out(self.encoder(f)), x)
+
+    def encode(self, vq_embeddings_BTHWC):
+        """-> cond [B, n_cond, z_h, z_w, D] (continuous, never quantised), z_embeddings and z_codes of
+        frames n_cond.. ([B, T', ...]), and the codebook losses/perplexity over all T frames."""
+        u = self.encode_continuous(vq_embeddings_BTHWC)
+        vq = self.codebook(u)
+        extra = dict(commitment_loss=vq["commitment_loss"], codebook_loss=vq["codebook_loss"],
+                     perplexity=vq["perplexity"])
+        n = self.n_cond
+        return u[:, :n], vq["embeddings"][:, n:], vq["codes"][:, n:], extra
+
+    # --- 2.4 temporal transformer ------------------------------------------------------------
+    def frame_tokens(self, latent_BTHWC, actions_emb_BTA):
+        """z_proj(concat(latent, action broadcast over the grid)) -> [B, T, g_h, g_w, E]."""
+        a = actions_emb_BTA[:, :, None, None, :]
+        a = jnp.broadcast_to(a, latent_BTHWC.shape[:-1] + (a.shape[-1],))
+        x = jnp.concatenate([latent_BTHWC.astype(self.dtype), a.astype(self.dtype)], axis=-1)
+        return _flat_time(self.z_proj, x)
+
+    _frame_tokens = frame_tokens  # older name, kept for callers
+
+    def temporal_transformer(self, z_embeddings, actions_emb, cond, *, deterministic: bool = True,
+                             dropout_key=None, return_raw: bool = False):
+        """deter [B, T', z_h, z_w, D]: deter[:, j] summarises frames < n_cond + j (and actions up to
+        frame n_cond + j). With return_raw also the z_tfm output [B, T, g_h, g_w, E]."""
+        s = jnp.concatenate([cond.astype(self.dtype), z_embeddings.astype(self.dtype)], axis=1)
+        if s.shape[1] != self.seq_len:
+            raise ValueError(f"TECO: temporal transformer needs {self.seq_len} frames, got {s.shape[1]}")
+        tokens = self.frame_tokens(s[:, :-1], actions_emb[:, 1:])
+        sos = jnp.broadcast_to(self.sos[...].astype(self.dtype)[None, None],
+                               (s.shape[0], 1) + self.sos.shape)
+        raw = self.z_tfm(jnp.concatenate([sos, tokens], axis=1), deterministic=deterministic,
+                         dropout_key=dropout_key)
+        deter = _flat_time(self.z_unproj, raw[:, self.n_cond:])
+        return (deter, raw) if return_raw else deter
+
+    def init_temporal_cache(self, batch_size: int, max_frames: int | None = None):
+        """Empty key/value cache of the temporal transformer for `max_frames` (default seq_len)."""
+        return self.z_tfm.init_cache(batch_size, (max_frames or self.seq_len) * self.n_per)
+
+    def temporal_step(self, prev_latent_BHWC, action_emb_BA, cache, t):
+        """Time position t (traced ok) from the latent of frame t-1 and the action of frame t (both
+        ignored at t = 0, where the start token is used). -> (deter for frame t [B, z_h, z_w, D],
+        updated cache). Positions are absolute within the cache; feed t = 0, 1, ... in order."""
+        b = prev_latent_BHWC.shape[0]
+        tok = self.frame_tokens(prev_latent_BHWC[:, None], action_emb_BA[:, None])[:, 0]
+        tok = jnp.where(jnp.asarray(t) == 0, self.sos[...].astype(self.dtype)[None], tok)
+        out, cache = self.z_tfm.extend(tok.reshape(b, self.n_per, -1), cache, t * self.n_per)
+        deter = self.z_unproj(out.reshape(b, *self.g_shape, -1))
+        return deter, cache
+
+    # --- 2.5 decoder, 2.6 prior --------------------------------------------------------------
+    def decode(self, deter_BTHWC, z_embeddings_BTHWC):
+        """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently."""
+        return _flat_time(self.decoder, deter_BTHWC, z_embeddings_BTHWC).astype(jnp.float32)
+
+    def maskgit_step(self, tokens_BTHW, deter_BTHWC, *, deterministic: bool = True, dropout_key=None):
+        """MaskGit logits [B, T, z_h, z_w, n_codes] for codes (-1 = MASK) given deter, per frame."""
+        return _flat_time(lambda y, c: self.z_git.step(y, c, deterministic=deterministic,
+                                                       dropout_key=dropout_key),
+                          tokens_BTHW, deter_BTHWC)
+
+    def lookup(self, codes):
+        """TECO codes -> z embeddings (codebook lookup mode, used when sampling)."""
+        return self.codebook.lookup(codes)
+
+    # --- 3 training loss ----------------------------------------------------------------------
+    def loss(self, vq_codes_BTHW, vq_embedding_table, actions_BT, key, *, train: bool,
+             maskgit_mask=None):
+        """(loss, metrics). `key` drives action dropout, DropLoss, the MaskGit mask and dropout.
+
+        DropLoss and action dropout apply only when train; `maskgit_mask` (bool [B, n_sel, z_h,
+        z_w]) replaces the sampled MaskGit mask (tests, analysis).
+        """
+        b, t = vq_codes_BTHW.shape[:2]
+        if t != self.seq_len:
+            raise ValueError(f"TECO.loss: expected {self.seq_len} frames, got {t}")
+        k_act, k_drop, k_mask, k_dropout = jax.random.split(key, 4)
+        k_tfm, k_git = jax.random.split(k_dropout)
+        if not train:
+            k_tfm = k_git = None
+        codes = vq_codes_BTHW.astype(jnp.int32)
+        actions = actions_BT.astype(jnp.int32)
+        if train and self.dropout_actions and self.use_actions:
+            actions = losses.drop_actions(k_act, actions)
+        actions_emb = self.embed_actions(actions)
+        table = jax.lax.stop_gradient(jnp.asarray(vq_embedding_table, jnp.float32))
+        cond, z_emb, z_codes, vq = self.encode(jnp.take(table, codes, axis=0))
+        deter = self.temporal_transformer(z_emb, actions_emb, cond, deterministic=not train,
+                                          dropout_key=k_tfm)
+        labels = codes[:, self.n_cond:]
+        if train and self.drop_loss_rate > 0.0:
+            idx = losses.drop_loss_indices(k_drop, t - self.n_cond, self.drop_loss_rate)
+            deter, z_emb, z_codes, labels = (jnp.take(x, idx, axis=1)
+                                             for x in (deter, z_emb, z_codes, labels))
+        n_sel = deter.shape[1]
+        if maskgit_mask is None:
+            mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
+                                        self.z_git.mask_schedule).reshape(z_codes.shape)
+        else:
+            if tuple(maskgit_mask.shape) != tuple(z_codes.shape):
+                raise ValueError(f"TECO.loss: maskgit_mask shape {maskgit_mask.shape} != {z_codes.shape}")
+            mask = maskgit_mask.astype(bool)
+        git_logits = self.maskgit_step(jnp.where(mask, MASK_TOKEN, z_codes), deter,
+                                       deterministic=not train, dropout_key=k_git)
+        recon_logits = self.decode(deter, z_emb)
+        recon = losses.recon_loss(recon_logits, labels, self.label_smoothing)
+        trans = losses.trans_loss(git_logits, z_codes, mask)
+        total = recon + trans + vq["commitment_loss"] + vq["codebook_loss"]
+        metrics = dict(loss=total, recon_loss=recon, trans_loss=trans,
+                       commitment_loss=vq["commitment_loss"], codebook_loss=vq["codebook_loss"],
+                       perplexity=vq["perplexity"],
+                       recon_acc=losses.accuracy(recon_logits, labels),
+                       prior_acc=losses.accuracy(git_logits, z_codes, mask))
+        return total, metrics
+
+
+def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape, *,
+                     rngs: nnx.Rngs) -> TECO:
+    """Builds TECO from a config with the keys of configs/teco_model.py (read here, not in the net)."""
+    tfm, git = config.z_tfm_kwargs, config.z_git
+    return TECO(
+        vq_n_codes=vq_n_codes, vq_embedding_dim=vq_embedding_dim, latent_shape=tuple(latent_shape),
+        seq_len=config.seq_len, n_cond=config.n_cond,
+        encoder_depths=tuple(config.encoder.depths), encoder_blocks=config.encoder.blocks,
+        decoder_depths=tuple(config.decoder.depths), decoder_blocks=config.decoder.blocks,
+        embedding_dim=config.embedding_dim, n_codes=config.codebook.n_codes,
+        proj_dim=config.codebook.proj_dim, z_ds=config.z_ds,
+        tfm_embed_dim=tfm.embed_dim, tfm_mlp_dim=tfm.mlp_dim, tfm_num_heads=tfm.num_heads,
+        tfm_num_layers=tfm.num_layers, tfm_dropout=tfm.dropout,
+        tfm_attention_dropout=tfm.attention_dropout,
+        git_vocab_dim=git.vocab_dim, git_embed_dim=git.tfm_kwargs.embed_dim,
+        git_mlp_dim=git.tfm_kwargs.mlp_dim, git_num_heads=git.tfm_kwargs.num_heads,
+        git_num_layers=git.tfm_kwargs.num_layers, git_dropout=git.tfm_kwargs.dropout,
+        git_attention_dropout=git.tfm_kwargs.attention_dropout, mask_schedule=git.mask_schedule,
+        use_actions=config.use_actions, action_dim=config.action_dim,
+        action_embed_dim=config.action_embed_dim, dropout_actions=config.dropout_actions,
+        drop_loss_rate=config.drop_loss_rate, label_smoothing=config.get("label_smoothing", 0.01),
+        dtype=config.get("compute_dtype", "float32"), remat=config.get("remat", False), rngs=rngs)
+
+
+def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
+    """A TECO of the config's shapes with zero-filled parameters and no random initialisation:
+    the cheap starting point for loading converted or saved parameters into it."""
+    abstract = nnx.eval_shape(lambda: teco_from_config(
+        config, vq_n_codes, vq_embedding_dim, latent_shape, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    return nnx.merge(graphdef, jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), state))
