@@ -7,7 +7,7 @@ from configs import common, teco_model
 
 def get_config(arg=None):
     c = common.base_config("teco")
-    c.data = common.data_config("memory_maze", image_size=64)
+    c.data = common.data_config("memory_maze/default", image_size=64)
     teco_model.teco_model_config(c)
     c.data.source = "codes"
     c.data.data_dir = "data/codes/memory_maze"

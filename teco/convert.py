@@ -255,7 +255,7 @@ def load_converted_params(params_dir: str | Path, model: nnx.Module) -> None:
 
 
 def convert(authors_ckpt, authors_config, out_dir, overrides=(), vq_n_codes=None,
-            vq_embedding_dim=None, latent_shape=None):
+            vq_embedding_dim=None, latent_shape=None, vq_table=None):
     """Reads, maps and writes; returns (model, params dir). Given VQ sizes must match the checkpoint."""
     from teco.models.teco import teco_shell
 
@@ -271,7 +271,18 @@ def convert(authors_ckpt, authors_config, out_dir, overrides=(), vq_n_codes=None
     state = authors_to_nnx(params, model)
     extra = dict(vq=dict(vq, latent_shape=list(vq["latent_shape"])), authors_step=step,
                  authors_ckpt=str(find_checkpoint_file(authors_ckpt)), ignored_authors_keys=ignored)
-    return model, save_converted(out_dir, state, config, extra)
+    table = None
+    if vq_table is not None:
+        # The VQ-GAN's code embeddings [vq_n_codes, vq_embedding_dim]: TECO reads frames
+        # through them, so sampling needs them beside the parameters.
+        table = np.load(vq_table, allow_pickle=False) if not isinstance(vq_table, np.ndarray) else vq_table
+        want = (vq["vq_n_codes"], vq["vq_embedding_dim"])
+        if table.shape != want:
+            raise ValueError(f"--vq_table has shape {table.shape}, the checkpoint needs {want}")
+    params_dir = save_converted(out_dir, state, config, extra)
+    if table is not None:
+        np.save(params_dir.parent / "vq_table.npy", np.asarray(table, np.float32))
+    return model, params_dir
 
 
 FLAGS = flags.FLAGS
@@ -282,6 +293,8 @@ flags.DEFINE_multi_string("set", [], "override of the authors' config, key=value
 flags.DEFINE_integer("vq_n_codes", None, "VQ codebook size (checked against the checkpoint)")
 flags.DEFINE_integer("vq_embedding_dim", None, "VQ embedding dim (checked against the checkpoint)")
 flags.DEFINE_list("latent_shape", None, "VQ latent grid h,w (checked against the checkpoint)")
+flags.DEFINE_string("vq_table", None, "the VQ-GAN's code embeddings as .npy [vq_n_codes, "
+                    "vq_embedding_dim]; stored beside the parameters, needed for sampling")
 
 
 def main(argv):
@@ -290,8 +303,13 @@ def main(argv):
     for name in ("authors_ckpt", "authors_config", "out"):
         if not FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
-    _, params_dir = convert(FLAGS.authors_ckpt, FLAGS.authors_config, FLAGS.out, FLAGS.set,
-                            FLAGS.vq_n_codes, FLAGS.vq_embedding_dim, FLAGS.latent_shape)
+    try:
+        _, params_dir = convert(FLAGS.authors_ckpt, FLAGS.authors_config, FLAGS.out, FLAGS.set,
+                                FLAGS.vq_n_codes, FLAGS.vq_embedding_dim, FLAGS.latent_shape,
+                                FLAGS.vq_table)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"wrote {params_dir}", file=sys.stderr)
 
 

@@ -1,6 +1,7 @@
 """Converter from the authors' TECO: path mapping, its errors, and a full checkpoint round trip
 (msgpack `checkpoint_<step>` + YAML -> `python -m teco.convert` in-process -> our params)."""
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,7 +13,8 @@ import teco  # noqa: F401
 from teco import convert
 from teco.models.teco import teco_shell
 
-FIXTURE = "/work/shared/fixtures/authors_teco_tiny"
+# A copy of ../shared/fixtures/authors_teco_tiny.{npz,json}, made with the authors' code.
+FIXTURE = str(Path(__file__).parent / "fixtures" / "authors_teco_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +152,37 @@ def test_convert_rejects_wrong_vq_flag_and_bad_checkpoints(tmp_path, fx, meta):
     bad.write_bytes(serialization.msgpack_serialize({"step": 5, "opt_state": {}}))
     with pytest.raises(ValueError, match="no 'params'"):
         convert.read_authors_checkpoint(bad)
+
+
+def test_converted_checkpoint_samples_with_teco_sample(tmp_path, fx, meta):
+    """Authors' msgpack checkpoint -> `teco.convert` -> `teco.sample`: finite videos."""
+    from teco import sample
+
+    run, cfg = _write_authors_run(tmp_path, fx, meta)
+    with np.load(FIXTURE + ".npz") as z:
+        table, codes, actions = z["vq/embeddings"], z["in/codes"], z["in/actions"]
+    np.save(tmp_path / "vq_table.npy", table)
+    out = tmp_path / "out"
+    argv = ["convert", f"--authors_ckpt={run}", f"--authors_config={cfg}", f"--out={out}",
+            f"--vq_table={tmp_path / 'vq_table.npy'}"]
+    try:
+        convert.FLAGS(argv)
+        convert.main(argv[:1])
+    finally:
+        convert.FLAGS.unparse_flags()
+    np.savez(tmp_path / "ctx.npz", codes=codes[:, :2], actions=actions)
+    rc = sample.main([f"--workdir={out}", f"--context_npz={tmp_path / 'ctx.npz'}",
+                      "--n_context=2", "--n_new=4", "--num_videos=2", "--batch_size=2",
+                      f"--out={tmp_path / 'samples'}"])
+    assert rc == 0
+    codes_in = codes
+    with np.load(tmp_path / "samples" / "samples.npz") as f:
+        video = f["video"]
+        assert f["codes"].shape == (2, 6, 16, 16) and video.shape == (2, 6, 16, 16, 3)
+        np.testing.assert_array_equal(f["codes"][:, :2], codes_in[:, :2])
+        assert ((f["codes"] >= 0) & (f["codes"] < 64)).all() and np.isfinite(video.astype(float)).all()
+    assert (tmp_path / "samples" / "videos" / "grid.mp4").stat().st_size > 0
+    # Without the VQ table there is nothing to read frames through: one clear error.
+    (out / "converted" / "vq_table.npy").unlink()
+    assert sample.main([f"--workdir={out}", f"--context_npz={tmp_path / 'ctx.npz'}",
+                        "--n_context=2", "--n_new=4"]) == 2

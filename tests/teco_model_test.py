@@ -2,6 +2,7 @@
 tests (shapes, causality, cond not quantised, KV-cache rollout path, pure loss pieces) on a tiny model.
 """
 import json
+from pathlib import Path
 import math
 
 import jax
@@ -19,7 +20,8 @@ from teco.models.teco import TECO, teco_shell
 from teco.models.transformer import Transformer
 from teco.sharding import DEFAULT_RULES, make_mesh, state_shardings
 
-FIXTURE = "/work/shared/fixtures/authors_teco_tiny"
+# A copy of ../shared/fixtures/authors_teco_tiny.{npz,json}, made with the authors' code.
+FIXTURE = str(Path(__file__).parent / "fixtures" / "authors_teco_tiny")
 TOL = dict(atol=1e-5, rtol=1e-5)
 # Compilation dominates these tests on 2 cores; XLA's cheap CPU pipeline halves it (same float32 math).
 FAST = dict(compiler_options={"xla_backend_optimization_level": 0,

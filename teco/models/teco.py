@@ -161,7 +161,6 @@ class TECO(nnx.Module):
         x = jnp.concatenate([latent_BTHWC.astype(self.dtype), a.astype(self.dtype)], axis=-1)
         return _flat_time(self.z_proj, x)
 
-    _frame_tokens = frame_tokens  # older name, kept for callers
 
     def temporal_transformer(self, z_embeddings, actions_emb, cond, *, deterministic: bool = True,
                              dropout_key=None, return_raw: bool = False):

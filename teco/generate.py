@@ -1,0 +1,151 @@
+"""Loading a trained (or converted) TECO with its tokenizer, and generating videos with it.
+
+Shared by `teco.sample` and `teco.eval`; the CLIs stay thin.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from teco import checkpoint, rollout
+from teco.metrics.image import quantize
+
+
+@dataclasses.dataclass
+class Stage2:
+    """A TECO ready to sample: network, config, frozen VQ table, and the VQ-GAN if there is one."""
+
+    model: Any
+    config: ml_collections.ConfigDict
+    table: jax.Array                 # [vq_n_codes, vq_embedding_dim]
+    vqgan: Any | None                # decodes codes to pixels; None for converted authors' models
+    vq_config: ml_collections.ConfigDict | None
+    step: int
+    source: str                      # what was loaded, for the record
+
+
+def load_stage2(path: str, *, step: int | None = None) -> Stage2:
+    """From a `teco.train` TECO workdir, or a `teco.convert` output directory."""
+    root = Path(path)
+    if (root / "converted" / "config.json").exists():
+        root = root / "converted"
+    if (root / "config.json").exists() and (root / "params").exists():
+        return _load_converted(root)
+    if not (root / checkpoint.CONFIG_FILE).exists():
+        raise ValueError(f"{path} is neither a teco.train workdir (no config.json) nor a "
+                         "teco.convert output (no converted/config.json)")
+    return _load_workdir(root, step)
+
+
+def _load_workdir(workdir: Path, step: int | None) -> Stage2:
+    from teco.tasks.teco import TecoTask
+
+    config = checkpoint.load_config(workdir)
+    if config.get("model") != "teco":
+        raise ValueError(f"{workdir} holds a '{config.get('model')}' run, not a TECO one")
+    vqgan, vq_config = checkpoint.load_vqgan(config.vqvae_ckpt)
+    task = TecoTask(config, vqgan=vqgan, vq_config=vq_config)
+    manager = checkpoint.make_manager(workdir, read_only=True)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise ValueError(f"{workdir} has no checkpoints yet")
+    abstract = jax.eval_shape(task.init_state, jax.random.key(0))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    state, _ = checkpoint.restore(manager, target, step)
+    return Stage2(task.model(state.params), config, jnp.asarray(task.vq_table), vqgan, vq_config,
+                  int(step), str(workdir))
+
+
+def _load_converted(root: Path) -> Stage2:
+    from teco.convert import load_converted_params
+    from teco.models.teco import teco_shell
+
+    meta = json.loads((root / "config.json").read_text())
+    config = ml_collections.ConfigDict(meta["config"])
+    vq = meta["vq"]
+    table_path = root / "vq_table.npy"
+    if not table_path.exists():
+        raise ValueError(f"{root} has no vq_table.npy: convert with --vq_table=<the VQ-GAN's code "
+                         "embeddings as .npy> to sample from it")
+    model = teco_shell(config, vq["vq_n_codes"], vq["vq_embedding_dim"], vq["latent_shape"])
+    load_converted_params(root / "params", model)
+    table = jnp.asarray(np.load(table_path, allow_pickle=False))
+    return Stage2(model, config, table, None, None, int(meta.get("authors_step") or 0), str(root))
+
+
+def generate(stage: Stage2, context_codes_BCHW, actions_BN, key, *, n_new: int,
+             spec: rollout.SamplerSpec):
+    """VQ codes of the context and `n_new` imagined frames: int32 [B, C + n_new, h, w]."""
+    graphdef, state = nnx.split(stage.model)
+    fn = _compiled_rollout(graphdef, n_new, spec)
+    return fn(state, stage.table, jnp.asarray(context_codes_BCHW, jnp.int32),
+              jnp.asarray(actions_BN, jnp.int32), key)
+
+
+_ROLLOUTS: dict = {}
+
+
+def _compiled_rollout(graphdef, n_new: int, spec):
+    key = (graphdef, n_new, spec)
+    if key not in _ROLLOUTS:
+        @jax.jit
+        def run(state, table, codes, actions, rng):
+            return rollout.rollout(nnx.merge(graphdef, state), table, codes, actions, rng,
+                                   n_new=n_new, spec=spec)
+        _ROLLOUTS[key] = run
+    return _ROLLOUTS[key]
+
+
+def encode_frames(vqgan, video_BTHWC, chunk: int = 64):
+    """Pixels in [-1, 1] (or uint8) -> VQ codes int32 [B, T, h, w], in chunks of frames."""
+    video = np.asarray(video_BTHWC)
+    if video.dtype == np.uint8:
+        video = video.astype(np.float32) / 127.5 - 1.0
+    b, t = video.shape[:2]
+    flat = video.reshape((b * t,) + video.shape[2:])
+    graphdef, state = nnx.split(vqgan)
+    enc = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x)["codes"])
+    codes = [np.asarray(enc(state, _pad(flat[i:i + chunk], chunk)))[:len(flat[i:i + chunk])]
+             for i in range(0, len(flat), chunk)]
+    out = np.concatenate(codes)
+    return out.reshape((b, t) + out.shape[1:]).astype(np.int32)
+
+
+def decode_codes(vqgan, codes_BTHW, chunk: int = 64) -> np.ndarray:
+    """VQ codes -> uint8 frames [B, T, H, W, 3], decoded in chunks (memory stays flat)."""
+    codes = np.asarray(codes_BTHW)
+    b, t = codes.shape[:2]
+    flat = codes.reshape((b * t,) + codes.shape[2:])
+    graphdef, state = nnx.split(vqgan)
+    dec = jax.jit(lambda s, c: quantize(nnx.merge(graphdef, s).decode_codes(c)))
+    frames = [np.asarray(dec(state, _pad(flat[i:i + chunk], chunk)))[:len(flat[i:i + chunk])]
+              for i in range(0, len(flat), chunk)]
+    out = np.concatenate(frames)
+    return out.reshape((b, t) + out.shape[1:])
+
+
+def codes_to_rgb(table, codes_BTHW) -> np.ndarray:
+    """False-colour frames of VQ codes (the table's 3 principal components), for models that
+    come without their VQ-GAN: uint8 [B, T, h, w, 3]."""
+    table = np.asarray(table, np.float64)
+    centred = table - table.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    rgb = centred @ vt[:3].T
+    rgb = (rgb - rgb.min(0)) / np.maximum(np.ptp(rgb, 0), 1e-8)
+    return (rgb[np.asarray(codes_BTHW)] * 255).round().astype(np.uint8)
+
+
+def _pad(x: np.ndarray, n: int) -> np.ndarray:
+    """Pads the first axis to n so every chunk has one shape (one compilation)."""
+    if len(x) == n:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], n - len(x), axis=0)])

@@ -1,0 +1,92 @@
+"""Writing what a person looks at: side-by-side video grids (mp4 / gif) and metric plots."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+GREEN = np.array([0, 200, 0], np.uint8)
+RED = np.array([220, 40, 40], np.uint8)
+
+
+def _border(frames_THWC: np.ndarray, colour: np.ndarray, width: int = 1) -> np.ndarray:
+    out = frames_THWC.copy()
+    out[:, :width], out[:, -width:], out[:, :, :width], out[:, :, -width:] = (colour,) * 4
+    return out
+
+
+def side_by_side(real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray, n_context: int,
+                 *, gap: int = 2) -> np.ndarray:
+    """uint8 [T, B*H + gaps, 2W + gap, 3]: one row per video, real | generated.
+
+    Context frames have a green border on both sides; generated frames a red one on the right,
+    so it is always clear which frames the model imagined.
+    """
+    if real_BTHWC.shape != fake_BTHWC.shape:
+        raise ValueError(f"real {real_BTHWC.shape} and generated {fake_BTHWC.shape} differ")
+    b, t, h, w, _ = real_BTHWC.shape
+    rows = []
+    for i in range(b):
+        real = real_BTHWC[i].copy()
+        fake = fake_BTHWC[i].copy()
+        real[:n_context] = _border(real[:n_context], GREEN)
+        fake[:n_context] = _border(fake[:n_context], GREEN)
+        fake[n_context:] = _border(fake[n_context:], RED)
+        spacer = np.full((t, h, gap, 3), 255, np.uint8)
+        rows.append(np.concatenate([real, spacer, fake], axis=2))
+        if i < b - 1:
+            rows.append(np.full((t, gap, 2 * w + gap, 3), 255, np.uint8))
+    return np.concatenate(rows, axis=1)
+
+
+def upscale(frames_THWC: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement so 64x64 frames are watchable."""
+    if factor <= 1:
+        return frames_THWC
+    return frames_THWC.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8) -> Path:
+    """Writes .mp4 (H.264 via imageio-ffmpeg) or .gif, by the path's suffix."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.asarray(frames_THWC, np.uint8)
+    if path.suffix == ".gif":
+        iio.imwrite(path, frames, duration=1000 / fps, loop=0)
+    elif path.suffix == ".mp4":
+        # H.264 wants even sizes.
+        h, w = frames.shape[1:3]
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
+        iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
+    else:
+        raise ValueError(f"{path}: video files are .mp4 or .gif")
+    return path
+
+
+def plot_curves(path: str | os.PathLike, curves: dict[str, np.ndarray], n_context: int,
+                title: str = "") -> Path:
+    """One panel per metric: value per predicted frame (x = frames after the context)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items()):
+        values = np.asarray(values, np.float64)
+        x = np.arange(1, len(values) + 1)
+        ax.plot(x, np.where(np.isfinite(values), values, np.nan), lw=1.5)
+        ax.set_xlabel(f"frames after the {n_context} context frames")
+        ax.set_ylabel(name.upper())
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
