@@ -1,0 +1,185 @@
+"""Score a trained TECO under the paper's protocols: `python -m teco.eval --workdir=DIR`.
+
+    python -m teco.eval --workdir=workdirs/memory_maze/teco --protocol=frames_144_156 --num_videos=16
+    python -m teco.eval --workdir=workdirs/dmlab/teco --protocol=fvd_36_300 --num_videos=1024
+
+Protocols (TECO paper, "Data and evaluation protocol"):
+    frames_144_156       144 context frames (+ actions) -> 156 predicted; PSNR, SSIM, LPIPS
+    fvd_36_300           36 context frames -> 300-frame videos; FVD (add --no_actions for the
+                         action-free variant)
+    kinetics_fvd_20_100  20 context frames -> 100-frame videos; FVD
+    custom               --context and --predict as given; PSNR, SSIM, LPIPS and FVD
+Scores compare against the real frames (`--reference=real`, the default) or against the VQ-GAN's
+reconstructions of them (`--reference=reconstruction`, the tokenizer's ceiling removed).
+FVD is reported as the authors do (mean +- std over chunks of 256 videos) and pooled over all.
+
+Writes to `--out` (default `<workdir>/eval/<protocol>`): metrics.json (every number, the protocol,
+the number of videos, the checkpoint step), curves.json + curves.png (per-frame PSNR/SSIM/LPIPS),
+and videos/ (real | generated grids of the first videos).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROTOCOLS = {
+    "frames_144_156": dict(context=144, predict=156, metrics=("psnr", "ssim", "lpips")),
+    "fvd_36_300": dict(context=36, predict=264, metrics=("fvd",)),
+    "kinetics_fvd_20_100": dict(context=20, predict=80, metrics=("fvd",)),
+    "custom": dict(context=None, predict=None, metrics=("psnr", "ssim", "lpips", "fvd")),
+}
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="frames_144_156")
+    p.add_argument("--context", type=int, default=None, help="override the protocol's context")
+    p.add_argument("--predict", type=int, default=None, help="override the predicted frames")
+    p.add_argument("--num_videos", type=int, default=16)
+    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--reference", choices=["real", "reconstruction"], default="real")
+    p.add_argument("--no_actions", action="store_true", help="condition on no actions at all")
+    p.add_argument("--split", default=None)
+    p.add_argument("--data_dir", default=None, help="pixel data set directory (default: the "
+                   "VQ-GAN run's config.data.data_dir)")
+    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fvd_chunk", type=int, default=256)
+    p.add_argument("--num_saved_videos", type=int, default=4)
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def pixel_iterator(stage, args, total: int):
+    """Held-out clips of `total` real frames from the pixel data set (uint8 on the host)."""
+    import jax
+
+    from teco import data, sharding
+
+    base = stage.config if stage.config.data.source != "codes" else stage.vq_config
+    config = base.copy_and_resolve_references()
+    config.unlock()
+    config.seq_len, config.batch_size = total, args.batch_size
+    config.data.image_size = stage.vq_config.image_size
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
+    it = data.make_iterator(config, mesh, split=args.split or config.data.eval_split,
+                            train=False, num_epochs=1)
+    for batch in it:
+        real = np.round((np.asarray(batch["video"]) + 1) * 127.5).astype(np.uint8)
+        yield real, np.asarray(batch["actions"])
+
+
+def run(args) -> dict:
+    import jax
+    from tqdm import tqdm
+
+    from teco import generate, videos
+    from teco.metrics import I3D, LPIPS, frame_metrics, fvd_chunked, fvd_from_features
+    from teco.sample import sampler_spec
+
+    proto = dict(PROTOCOLS[args.protocol])
+    context = args.context or proto["context"]
+    predict = args.predict or proto["predict"]
+    if not context or not predict:
+        raise ValueError(f"protocol {args.protocol} needs --context and --predict")
+    total = context + predict
+    stage = generate.load_stage2(args.workdir, step=args.step)
+    if stage.vqgan is None:
+        raise ValueError("evaluation decodes frames with the run's VQ-GAN; this model has none")
+    spec = sampler_spec(stage.config, argparse.Namespace(sampler=None, temperature=None,
+                                                         top_k=None, guidance_scale=None))
+    want = set(proto["metrics"])
+    lpips = LPIPS() if "lpips" in want and stage.vq_config.image_size >= 32 else None
+    key = jax.random.key(args.seed)
+    per_frame = {k: [] for k in ("psnr", "ssim", "lpips") if k in want}
+    reals, fakes, saved = [], [], []
+    bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
+               unit="video")
+    start = time.time()
+    for i, (real, actions) in enumerate(pixel_iterator(stage, args, total)):
+        if sum(len(r) for r in reals) >= args.num_videos:
+            break
+        codes = generate.encode_frames(stage.vqgan, real)
+        if args.no_actions:
+            actions = np.full_like(actions, -1)
+        out = np.asarray(generate.generate(stage, codes[:, :context], actions,
+                                           jax.random.fold_in(key, i), n_new=predict, spec=spec))
+        fake = generate.decode_codes(stage.vqgan, out)
+        ref = real if args.reference == "real" else generate.decode_codes(stage.vqgan, codes)
+        if per_frame:
+            which = tuple(k for k in per_frame if k != "lpips" or lpips is not None)
+            scores = frame_metrics(ref[:, context:], fake[:, context:], lpips=lpips, which=which)
+            for k, v in scores.items():
+                per_frame[k].append(np.asarray(v))
+        if "fvd" in want:
+            reals.append(ref)
+            fakes.append(fake)
+        if len(saved) < args.num_saved_videos:
+            saved.append((ref, fake))
+        bar.update(len(real))
+    bar.close()
+    n = sum(len(v) for v in (per_frame.get("psnr") or reals))
+    if n == 0:
+        raise ValueError("the evaluation split gave no videos of the needed length "
+                         f"({total} frames)")
+    result = {"protocol": args.protocol, "context_frames": context, "predicted_frames": predict,
+              "num_videos": int(n), "checkpoint_step": stage.step, "checkpoint": stage.source,
+              "reference": ("real frames" if args.reference == "real"
+                            else "VQ-GAN reconstructions of the real frames"),
+              "actions": "none (no-action token)" if args.no_actions else "given",
+              "sampler": spec.__dict__, "seconds": round(time.time() - start, 1)}
+    curves = {}
+    for k, parts in per_frame.items():
+        if not parts:
+            result[k] = None
+            result[f"{k}_note"] = "frames smaller than LPIPS' AlexNet input (32 px)"
+            continue
+        values = np.concatenate(parts)[:n]                 # [N, predict]
+        finite = np.where(np.isfinite(values), values, np.nan)
+        result[k] = float(np.nanmean(finite))
+        curves[k] = np.nanmean(finite, axis=0).tolist()
+    if "fvd" in want:
+        i3d = I3D(batch_size=min(4, n))
+        fr = i3d.features(np.concatenate(reals)[:n])
+        ff = i3d.features(np.concatenate(fakes)[:n])
+        chunk = min(args.fvd_chunk, n)
+        mean, std, per_chunk = fvd_chunked(fr, ff, chunk=chunk)
+        result["fvd"] = {"authors": {"mean": mean, "std": std, "chunk": chunk,
+                                     "per_chunk": per_chunk},
+                         "pooled": fvd_from_features(fr, ff), "frames": total,
+                         "note": "I3D (Kinetics-400) logits of the whole videos, context included"}
+    out = Path(args.out or Path(args.workdir) / "eval" / args.protocol)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    if curves:
+        (out / "curves.json").write_text(json.dumps({"context_frames": context, **curves}))
+        videos.plot_curves(out / "curves.png", curves, context,
+                           title=f"{args.protocol}, {n} videos, step {stage.step}")
+    for j, (ref, fake) in enumerate(saved):
+        grid = videos.upscale(videos.side_by_side(ref, fake, context), 2)
+        videos.write_video(out / "videos" / f"batch_{j:02d}.mp4", grid)
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        result = run(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    shown = {k: v for k, v in result.items() if k in ("psnr", "ssim", "lpips", "fvd")}
+    print(json.dumps({"num_videos": result["num_videos"], **shown}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
