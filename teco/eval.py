@@ -91,6 +91,12 @@ def run(args) -> dict:
     if not context or not predict:
         raise ValueError(f"protocol {args.protocol} needs --context and --predict")
     total = context + predict
+    from teco.metrics import MIN_FRAMES
+
+    if "fvd" in proto["metrics"] and total < MIN_FRAMES:
+        if args.protocol != "custom":
+            raise ValueError(f"FVD needs videos of at least {MIN_FRAMES} frames, got {total}")
+        proto["metrics"] = tuple(m for m in proto["metrics"] if m != "fvd")
     stage = generate.load_stage2(args.workdir, step=args.step)
     if stage.vqgan is None:
         raise ValueError("evaluation decodes frames with the run's VQ-GAN; this model has none")

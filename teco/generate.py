@@ -57,7 +57,7 @@ def _load_workdir(workdir: Path, step: int | None) -> Stage2:
     step = manager.latest_step() if step is None else step
     if step is None:
         raise ValueError(f"{workdir} has no checkpoints yet")
-    abstract = jax.eval_shape(task.init_state, jax.random.key(0))
+    abstract = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))  # raw key, as trained
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
     state, _ = checkpoint.restore(manager, target, step)

@@ -1,0 +1,196 @@
+"""Checkpoints of a `teco.train` workdir, and loading a frozen stage-1 VQ-GAN from one.
+
+Workdir layout:
+    <workdir>/config.json            the run's config (JSON, never pickled)
+    <workdir>/checkpoints/<step>/    orbax: item 'state' (TrainState: params, optimizer state,
+                                     step, RNG, task extras) and item 'data' (the data iterator's
+                                     position, JSON)
+The last `keep` checkpoints are kept, plus the one with the best eval metric (the task's
+`best_metric`, lower is better). Resuming restores the latest.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def save_config(workdir: str | Path, config) -> None:
+    if jax.process_index() == 0:
+        path = Path(workdir) / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(config.to_json_best_effort(indent=1, sort_keys=True))
+        tmp.replace(path)
+
+
+def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{workdir} is not a teco.train workdir: {CONFIG_FILE} is missing")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    # JSON turns tuples into lists; the networks take either.
+    return config
+
+
+# ----------------------------------------------------------------------------- manager
+
+
+def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None = None,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+    """Keeps the latest `keep` checkpoints plus the best one by `best_metric` (minimum)."""
+    pp = ocp.checkpoint_managers
+    policies = [pp.LatestN(n=max(1, int(keep)))]
+    best_fn = None
+    if best_metric:
+        best_fn = lambda metrics: float(metrics[best_metric])
+        policies.append(pp.BestN(get_metric_fn=best_fn, reverse=True, n=1,
+                                 keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=None if read_only else pp.AnyPreservationPolicy(policies),
+        best_fn=best_fn, best_mode="min", read_only=read_only, create=not read_only)
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / CHECKPOINT_DIR, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict | None,
+         metrics: dict[str, float] | None = None) -> None:
+    """Asynchronous save of the train state and the data position after `step` updates."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state or {}))
+    manager.save(step, args=args, metrics=metrics, force=True)
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract_tree, shardings)
+
+
+def _path_str(path) -> str:
+    parts = []
+    for k in path:
+        name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+        if name != "value":  # nnx.Variable's own leaf
+            parts.append(str(name))
+    return "/".join(parts)
+
+
+def check_shapes(manager: ocp.CheckpointManager, step: int, abstract_tree, *, prefix: str = "",
+                 what: str = "the config") -> None:
+    """Raises ValueError naming the first array whose stored shape differs from `abstract_tree`.
+
+    `prefix` selects a subtree of the stored state (e.g. 'params')."""
+    stored = manager.item_metadata(step)["state"]
+    stored = getattr(stored, "tree", stored)
+    if prefix:
+        stored = stored[prefix]
+    have = {_path_str(p): tuple(getattr(v, "shape", ()))
+            for p, v in jax.tree_util.tree_flatten_with_path(stored)[0]}
+    want = {_path_str(p): tuple(v.shape)
+            for p, v in jax.tree_util.tree_flatten_with_path(abstract_tree)[0]}
+    where = f"checkpoint {manager.directory}/{step}"
+    for name, shape in want.items():
+        full = f"{prefix}/{name}" if prefix else name
+        if name not in have:
+            raise ValueError(f"{where} has no array '{full}' that {what} needs: it was written by "
+                             "a different model or config")
+        if have[name] != shape:
+            raise ValueError(f"{where}: '{full}' has shape {have[name]} in the checkpoint but "
+                             f"{shape} from {what}")
+    extra = sorted(set(have) - set(want))
+    if extra:
+        raise ValueError(f"{where} holds arrays {what} does not know, e.g. "
+                         f"'{(prefix + '/') if prefix else ''}{extra[0]}': it was written by a "
+                         "different model or config")
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
+    """(state, data_state) at `step` (default: latest); `abstract_state` carries shardings."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise ValueError(f"no checkpoint in {manager.directory}")
+    check_shapes(manager, step, abstract_state, what="the current config")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored["state"], dict(restored["data"] or {})
+
+
+# ----------------------------------------------------------------------------- stage 1 for stage 2
+
+
+def load_vqgan(workdir: str | Path, *, step: int | None = None, sharding=None):
+    """A trained VQ-GAN and its config from a `teco.train` workdir: `(model, config)`.
+
+    Restores only the parameters, from the checkpoint with the best eval metric if there is one,
+    else the latest (or the given `step`). `sharding` places them (default: replicated on the
+    first local device). Missing paths, another stage's workdir and checkpoints whose arrays do
+    not match the saved config raise ValueError saying which.
+    """
+    from teco.models.vqgan import vqgan_from_config
+    from teco.tasks.vqgan import VQGANTask
+
+    if not workdir:
+        raise ValueError("no VQ-GAN workdir given (config.vqvae_ckpt is empty)")
+    workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise ValueError(f"VQ-GAN workdir '{workdir}' does not exist (config.vqvae_ckpt)")
+    config = load_config(workdir)
+    if config.get("model") != "vqgan":
+        raise ValueError(f"{workdir} holds a '{config.get('model')}' run, not a VQ-GAN "
+                         "(config.vqvae_ckpt must point at a stage-1 workdir)")
+    if not (workdir / CHECKPOINT_DIR).is_dir():
+        raise ValueError(f"VQ-GAN workdir {workdir} has no checkpoints yet")
+    manager = make_manager(workdir, read_only=True, best_metric=VQGANTask.best_metric)
+    if step is None:
+        step = manager.best_step()
+    if step is None:  # no checkpoint carries eval metrics
+        step = manager.latest_step()
+    if step is None:
+        raise ValueError(f"VQ-GAN workdir {workdir} has no checkpoints yet")
+    if step not in manager.all_steps():
+        raise ValueError(f"VQ-GAN workdir {workdir} has no checkpoint of step {step} "
+                         f"(have {list(manager.all_steps())})")
+    abstract = nnx.eval_shape(lambda: vqgan_from_config(config, rngs=nnx.Rngs(0)))
+    graphdef, abstract_params = nnx.split(abstract)
+    check_shapes(manager, step, abstract_params, prefix="params",
+                 what=f"the VQ-GAN config in {workdir / CONFIG_FILE}")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                          abstract_params)
+    reader = ocp.CheckpointManager(
+        (workdir / CHECKPOINT_DIR).absolute(), options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    restored = reader.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": target}, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))))
+    return nnx.merge(graphdef, restored["state"]["params"]), config
+
+
+def check_stage2_config(vq_config, config) -> None:
+    """Stage 2 and the VQ-GAN it reads must agree on the frames; raises ValueError naming the key."""
+    for key in ("image_size", "channels"):
+        if key in config and config[key] != vq_config[key]:
+            raise ValueError(
+                f"config.{key}={config[key]} does not match the VQ-GAN's {key}={vq_config[key]} "
+                f"(config.vqvae_ckpt={config.get('vqvae_ckpt', '')!r})")
+
+
+def vqgan_facts(vq_config) -> dict[str, Any]:
+    """What stage 2 needs to know about the tokenizer: code grid, vocabulary, embedding width."""
+    v = vq_config.vqgan
+    factor = int(v.get("patch_size", 1)) * 2 ** (len(v.ch_mult) - 1)
+    return {"latent_size": int(vq_config.image_size) // factor, "n_codes": int(v.n_codes),
+            "embedding_dim": int(v.embedding_dim), "image_size": int(vq_config.image_size)}

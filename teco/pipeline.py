@@ -1,0 +1,169 @@
+"""The whole pipeline in one command: data -> VQ-GAN -> codes -> TECO -> rollouts -> scores.
+
+    python -m teco.pipeline --workdir=outputs/demo                 # Memory Maze, CPU-sized
+    python -m teco.pipeline --workdir=/tmp/p --preset=tiny          # seconds-scale smoke run
+
+Every stage writes into `--workdir` and is skipped when a previous run finished it (the data
+set is built once, a finished training is not repeated, a stage whose input changed is redone):
+    data/            the TFDS data set (or --data_dir)
+    vqgan/           stage-1 workdir (checkpoints, TensorBoard logs, config.json)
+    codes/           the VQ codes of every episode (stage-2 input)
+    teco/            stage-2 workdir
+    samples/         samples.npz and videos/ (real | generated, context outlined green)
+    eval/            metrics.json, curves.json, curves.png, videos/
+    metrics.json     the evaluation's numbers, copied to the top
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from absl import logging
+
+PRESETS = {
+    # name: data set build, stage configs and their overrides, rollout/eval sizes
+    "demo": dict(data=("memory_maze", "small"), vqgan="configs/memory_maze_vqgan.py",
+                 teco="configs/memory_maze.py", vqgan_steps=None, teco_steps=None,
+                 context=36, predict=64, eval_videos=8, sample_videos=4),
+    "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
+                 teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
+                 context=2, predict=8, eval_videos=2, sample_videos=2),
+}
+
+
+def stage_line(i: int, n: int, name: str, what: str) -> None:
+    print(f"\n=== [{i}/{n}] {name}: {what}", flush=True)
+
+
+def _stamp(path: Path, **facts) -> None:
+    path.write_text(json.dumps(facts, indent=1))
+
+
+def _stamped(path: Path, **facts) -> bool:
+    return path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(facts))
+
+
+def build_data(preset: dict, data_dir: Path) -> str:
+    """Returns the data-set name the configs read (`name/config`)."""
+    name, config = preset["data"]
+    if name == "synthetic":
+        return "synthetic"   # tiny configs build it on demand at their frame size
+    from teco.data import find_tfds_dir
+    from teco.video_io import DataError
+
+    full = f"{name}/{config}"
+    try:
+        find_tfds_dir(str(data_dir), full)
+        print(f"reusing {full} under {data_dir}")
+    except DataError:
+        from datasets import build
+
+        if build.main([name, f"--data_dir={data_dir}", f"--config={config}"]) != 0:
+            raise RuntimeError(f"building {full} failed")
+    return full
+
+
+def stage_config(path: str, data_name: str, data_dir: Path, steps: int | None, **over):
+    from teco.config import load_config
+
+    c = load_config(path)
+    c.unlock()
+    c.data.name, c.data.data_dir = data_name, str(data_dir)
+    if steps is not None:
+        c.total_steps = steps
+        c.warmup_steps = min(c.warmup_steps, max(1, steps // 10))
+        c.save_interval = min(c.save_interval, steps)
+        c.log_eval_interval = min(c.log_eval_interval, steps)
+        c.viz_interval = min(c.viz_interval, steps)
+    for k, v in over.items():
+        c[k] = v
+    return c
+
+
+def finished(workdir: Path, total: int) -> bool:
+    ckpts = workdir / "checkpoints"
+    return ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= total for p in ckpts.iterdir())
+
+
+def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
+    from teco import encode, eval as teco_eval, sample, train
+
+    preset = PRESETS[preset_name]
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir or workdir / "data"
+    n, t0 = 6, time.time()
+
+    stage_line(1, n, "data", f"{preset['data'][0]} under {data_dir}")
+    data_name = build_data(preset, data_dir)
+
+    vq_dir = workdir / "vqgan"
+    vq_config = stage_config(preset["vqgan"], data_name, data_dir, preset["vqgan_steps"])
+    stage_line(2, n, "VQ-GAN", f"{vq_config.total_steps} steps -> {vq_dir}")
+    if finished(vq_dir, vq_config.total_steps):
+        print("reusing the finished VQ-GAN")
+    else:
+        train.train_and_evaluate(vq_config, str(vq_dir))
+
+    codes_dir = workdir / "codes"
+    stage_line(3, n, "encode", f"every episode -> {codes_dir}")
+    stamp = dict(vqgan=str(vq_dir), step=int(vq_config.total_steps), data=data_name)
+    if _stamped(codes_dir / "stamp.json", **stamp):
+        print("reusing the encoded codes")
+    else:
+        shutil.rmtree(codes_dir, ignore_errors=True)
+        stats = encode.encode_dataset(str(vq_dir), str(codes_dir), data_dir=str(data_dir))
+        print(json.dumps(stats))
+        _stamp(codes_dir / "stamp.json", **stamp)
+
+    teco_dir = workdir / "teco"
+    teco_config = stage_config(preset["teco"], data_name, codes_dir, preset["teco_steps"],
+                               vqvae_ckpt=str(vq_dir))
+    teco_config.data.source = "codes"
+    stage_line(4, n, "TECO", f"{teco_config.total_steps} steps -> {teco_dir}")
+    if finished(teco_dir, teco_config.total_steps):
+        print("reusing the finished TECO")
+    else:
+        train.train_and_evaluate(teco_config, str(teco_dir))
+
+    context, predict = preset["context"], preset["predict"]
+    stage_line(5, n, "sample", f"{preset['sample_videos']} videos, {predict} frames after "
+               f"{context} -> {workdir / 'samples'}")
+    common = [f"--workdir={teco_dir}", f"--n_context={context}", f"--n_new={predict}"]
+    if sample.main(common + [f"--num_videos={preset['sample_videos']}", "--batch_size=2",
+                             f"--out={workdir / 'samples'}"]) != 0:
+        raise RuntimeError("sampling failed")
+
+    stage_line(6, n, "eval", f"{preset['eval_videos']} held-out videos -> {workdir / 'eval'}")
+    args = teco_eval.parse([f"--workdir={teco_dir}", "--protocol=custom", f"--context={context}",
+                            f"--predict={predict}", f"--num_videos={preset['eval_videos']}",
+                            "--batch_size=2", f"--data_dir={data_dir}",
+                            f"--out={workdir / 'eval'}"])
+    result = teco_eval.run(args)
+    (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
+    print(f"\npipeline finished in {(time.time() - t0) / 60:.1f} min: {workdir}")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="outputs/demo")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    p.add_argument("--data_dir", default=None, help="where data sets live (default: <workdir>/data)")
+    args = p.parse_args(argv)
+    logging.set_verbosity(logging.INFO)
+    # Progress and metrics stay; orbax's per-save bookkeeping is not for a terminal.
+    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    try:
+        run(Path(args.workdir), args.preset, Path(args.data_dir) if args.data_dir else None)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

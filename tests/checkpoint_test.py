@@ -1,0 +1,111 @@
+"""Checkpoints: save -> restore, what is kept, and loading a frozen VQ-GAN for stage 2."""
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+import teco  # noqa: F401
+from teco import checkpoint, train
+from teco.tasks.vqgan import VQGANTask
+from vqgan_test import one_device_mesh, shared_data_dir, small_config
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    config = small_config(shared_data_dir(tmp_path_factory))
+    task = VQGANTask(config)
+    mesh = one_device_mesh()
+    state, abstract, shardings = train.create_train_state(task, config, mesh)
+    workdir = tmp_path_factory.mktemp("vq_workdir")
+    checkpoint.save_config(workdir, config)
+    manager = checkpoint.make_manager(workdir, keep=2, best_metric=task.best_metric)
+    checkpoint.save(manager, 3, state, {"grain": {"position": 7}}, metrics={"lpips": 0.5})
+    manager.wait_until_finished()
+    return workdir, config, state, checkpoint.abstract_with_shardings(abstract, shardings)
+
+
+def test_save_restore_identical(saved):
+    workdir, _, state, target = saved
+    manager = checkpoint.make_manager(workdir, keep=2, best_metric="lpips")
+    restored, data_state = checkpoint.restore(manager, target)
+    assert data_state == {"grain": {"position": 7}}
+    leaves, restored_leaves = jax.tree.leaves(state), jax.tree.leaves(restored)
+    assert len(leaves) == len(restored_leaves)
+    assert jax.tree.structure(state) == jax.tree.structure(restored)
+    for a, b in zip(leaves, restored_leaves):
+        assert a.dtype == b.dtype and a.sharding == b.sharding
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_restore_into_another_shape_names_the_array(saved):
+    workdir, _, _, target = saved
+    params = target.params
+    kernel = params["quantizer"]["codebook"]
+    bad = jax.tree.map(lambda x: x, target)
+    bad.params["quantizer"]["codebook"].set_value(
+        jax.ShapeDtypeStruct((kernel.shape[0] * 2, kernel.shape[1]), kernel.dtype))
+    manager = checkpoint.make_manager(workdir, keep=2, best_metric="lpips")
+    with pytest.raises(ValueError, match="params/quantizer/codebook.*shape"):
+        checkpoint.restore(manager, bad)
+
+
+def test_load_vqgan_returns_the_saved_model(saved):
+    workdir, config, state, _ = saved
+    model, vq_config = checkpoint.load_vqgan(workdir)
+    assert vq_config.vqgan.n_codes == config.vqgan.n_codes
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    facts = checkpoint.vqgan_facts(vq_config)
+    assert facts == {"latent_size": 8, "n_codes": config.vqgan.n_codes,
+                     "embedding_dim": config.vqgan.embedding_dim, "image_size": 16}
+
+
+def test_load_vqgan_failures_say_which(saved, tmp_path):
+    workdir, _, _, _ = saved
+    with pytest.raises(ValueError, match="vqvae_ckpt is empty"):
+        checkpoint.load_vqgan("")
+    with pytest.raises(ValueError, match="does not exist"):
+        checkpoint.load_vqgan(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="config.json is missing"):
+        checkpoint.load_vqgan(tmp_path / "empty")
+    stage2 = tmp_path / "teco_run"
+    stage2.mkdir()
+    (stage2 / checkpoint.CONFIG_FILE).write_text(json.dumps({"model": "teco"}))
+    with pytest.raises(ValueError, match="not a VQ-GAN"):
+        checkpoint.load_vqgan(stage2)
+    # A checkpoint whose arrays do not match its config (e.g. the config was edited).
+    edited = tmp_path / "edited"
+    shutil.copytree(workdir, edited)
+    cfg = json.loads((edited / checkpoint.CONFIG_FILE).read_text())
+    cfg["vqgan"]["n_codes"] *= 2
+    (edited / checkpoint.CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"params/quantizer/codebook' has shape \(16, 4\)"):
+        checkpoint.load_vqgan(edited)
+    with pytest.raises(ValueError, match="no checkpoint of step 99"):
+        checkpoint.load_vqgan(workdir, step=99)
+
+
+def test_stage2_config_mismatch(saved):
+    _, config, _, _ = saved
+    stage2 = ml_collections.ConfigDict({"image_size": 64, "channels": 3, "vqvae_ckpt": "x"})
+    with pytest.raises(ValueError, match="image_size=64 does not match the VQ-GAN's image_size=16"):
+        checkpoint.check_stage2_config(config, stage2)
+    stage2.image_size = 16
+    checkpoint.check_stage2_config(config, stage2)
+
+
+def test_keeps_last_n_plus_best(tmp_path):
+    manager = checkpoint.make_manager(tmp_path, keep=2, best_metric="lpips")
+    state = {"w": jnp.arange(3.0)}
+    metrics = {1: {"lpips": 0.1}, 3: {"lpips": 0.5}, 5: {"lpips": 0.4}}
+    for step in range(1, 7):
+        checkpoint.save(manager, step, state, {"pos": step}, metrics=metrics.get(step))
+    manager.wait_until_finished()
+    assert list(manager.all_steps()) == [1, 5, 6]   # the best (1) and the last two
+    assert manager.best_step() == 1 and manager.latest_step() == 6
