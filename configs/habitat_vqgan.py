@@ -1,17 +1,9 @@
-"""Stage 1 (VQ-GAN) on habitat.
+"""Stage 1 (VQ-GAN) on habitat: 128x128 frames -> 16x16 codes.
 
     python -m teco.train --config=configs/habitat_vqgan.py --workdir=workdirs/habitat/vqgan
 """
-from configs import common, vqgan_model
+from configs.vqgan_model import published_vqgan
 
 
 def get_config(arg=None):
-    c = common.base_config("vqgan")
-    c.data = common.data_config("habitat", image_size=128, has_actions=True)
-    vqgan_model.vqgan_model_config(c, image_size=128, n_codes=8192, ch_mult=(1, 1, 2, 2))
-    c.batch_size = 64
-    c.lr = 1e-4
-    c.warmup_steps = 5000
-    c.total_steps = 300_000
-    c.weight_decay = 0.0
-    return common.finish(c, arg, vqgan_model.tiny_vqgan)
+    return published_vqgan("habitat", arg, image_size=128, n_codes=8192, ch_mult=(1, 1, 2, 2), has_actions=True)

@@ -1,17 +1,9 @@
-"""Stage 1 (VQ-GAN) on kinetics600.
+"""Stage 1 (VQ-GAN) on kinetics600: 128x128 frames -> 16x16 codes.
 
     python -m teco.train --config=configs/kinetics600_vqgan.py --workdir=workdirs/kinetics600/vqgan
 """
-from configs import common, vqgan_model
+from configs.vqgan_model import published_vqgan
 
 
 def get_config(arg=None):
-    c = common.base_config("vqgan")
-    c.data = common.data_config("kinetics600", image_size=128, has_actions=False)
-    vqgan_model.vqgan_model_config(c, image_size=128, n_codes=8192, ch_mult=(1, 1, 2, 2))
-    c.batch_size = 64
-    c.lr = 1e-4
-    c.warmup_steps = 5000
-    c.total_steps = 300_000
-    c.weight_decay = 0.0
-    return common.finish(c, arg, vqgan_model.tiny_vqgan)
+    return published_vqgan("kinetics600", arg, image_size=128, n_codes=8192, ch_mult=(1, 1, 2, 2), has_actions=False)

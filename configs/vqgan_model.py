@@ -63,3 +63,19 @@ def tiny_vqgan(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.disc.n_layers = 2
     c.loss.disc_start = 2
     return c
+
+
+def published_vqgan(name: str, arg, *, image_size: int, n_codes: int, ch_mult,
+                    has_actions: bool = True) -> ml_collections.ConfigDict:
+    """A stage-1 config at the paper's scale: 16x16 codes per frame, batch 64."""
+    from configs import common
+
+    c = common.base_config("vqgan")
+    c.data = common.data_config(name, image_size=image_size, has_actions=has_actions)
+    vqgan_model_config(c, image_size=image_size, n_codes=n_codes, ch_mult=ch_mult)
+    c.batch_size = 64
+    c.lr = 1e-4
+    c.warmup_steps = 5000
+    c.total_steps = 300_000
+    c.weight_decay = 0.0
+    return common.finish(c, arg, tiny_vqgan)
