@@ -154,9 +154,10 @@ def main(argv=None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--data_dir", default=None, help="where data sets live (default: <workdir>/data)")
     args = p.parse_args(argv)
+    from teco.train import quiet_library_logs
+
     logging.set_verbosity(logging.INFO)
-    # Progress and metrics stay; orbax's per-save bookkeeping is not for a terminal.
-    logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+    quiet_library_logs()
     try:
         run(Path(args.workdir), args.preset, Path(args.data_dir) if args.data_dir else None)
     except (ValueError, RuntimeError) as e:

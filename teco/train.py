@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging as std_logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -360,7 +361,11 @@ def main(argv):
     # clu's writers import TensorFlow: keep it off any accelerator JAX uses.
     import tensorflow as tf
     tf.config.set_visible_devices([], "GPU")
-    train_and_evaluate(flags_.config, flags_.workdir)
+    try:
+        train_and_evaluate(flags_.config, flags_.workdir)
+    except ValueError as e:  # bad config or data: one readable line, no traceback
+        logging.error("%s", e)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
