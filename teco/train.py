@@ -111,7 +111,11 @@ def make_train_step(task, mesh, state_shardings, phase, *, on_nonfinite: str = "
     step = jax.jit(_train_step, static_argnums=(3, 4, 5),
                    in_shardings=(state_shardings, sharding.batch_sharding(mesh), rep),
                    out_shardings=(state_shardings, rep), donate_argnums=(0,))
-    return lambda state, batch, consts: step(state, batch, consts, task, phase, on_nonfinite)
+    run = lambda state, batch, consts: step(state, batch, consts, task, phase, on_nonfinite)
+    # For ahead-of-time compilation (memory and cost analysis in benchmarks/).
+    run.lower = lambda state, batch, consts: step.lower(state, batch, consts, task, phase,
+                                                        on_nonfinite)
+    return run
 
 
 def _eval_step(state, batch, consts, task):
