@@ -12,12 +12,14 @@ def get_config(arg=None):
     c.data.source = "codes"
     c.data.data_dir = "data/codes/memory_maze"
     c.vqvae_ckpt = "workdirs/memory_maze/vqgan"
-    c.batch_size = 8
+    # One process per core (two runs side by side): ~2 s per step, 1,200 steps in ~40 minutes.
+    c.batch_size = 4
     c.lr = 3e-4
-    c.warmup_steps = 200
-    c.total_steps = 3000
-    c.seq_len = 100
-    c.eval_seq_len = 300
+    c.warmup_steps = 50
+    c.total_steps = 1200
+    c.seq_len = 50
+    c.eval_seq_len = 50
+    c.open_loop_ctx = 36
     c.encoder.update(dict(depths=(64, 128), blocks=1))
     c.decoder.update(dict(depths=(64, 128), blocks=2))
     c.embedding_dim = 32
@@ -28,8 +30,8 @@ def get_config(arg=None):
     c.z_git.tfm_kwargs.update(dict(embed_dim=128, mlp_dim=512, num_heads=4, num_layers=2))
     c.drop_loss_rate = 0.8
     c.log_interval = 20
-    c.log_eval_interval = 250
-    c.viz_interval = 500
-    c.save_interval = 250
+    c.log_eval_interval = 100
+    c.viz_interval = 600
+    c.save_interval = 100
     c.save_interval_secs = 600.0
     return common.finish(c, arg, teco_model.tiny_teco)

@@ -10,18 +10,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-RELEASES = {"dmlab": "Dmlab", "minecraft": "Minecraft", "habitat": "Habitat",
-            "kinetics600": "Kinetics600"}
+RELEASES = ("dmlab", "minecraft", "habitat", "kinetics600")
 
 
 def build_release(name: str, data_dir: str, manual_dir: str, on_bad_file: str = "error"):
     import tensorflow_datasets as tfds
 
-    module = importlib.import_module(f"datasets.{name}.{name}_dataset_builder")
-    cls = getattr(module, RELEASES[name])
+    from datasets.video_release import RELEASES as builders
+
+    cls = builders[name]
     cls.on_bad_file = on_bad_file
     builder = cls(data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare(

@@ -1,4 +1,4 @@
-"""A TFDS builder over the authors' released videos, as they are on disk.
+"""TFDS builders over the authors' released videos (dmlab, minecraft, habitat, kinetics600), as on disk.
 
 The release (given as TFDS's manual-download directory) is laid out as
 `<manual_dir>/{train,test}/<shard>/*.npz` (keys `video` uint8 THWC, `actions` int T) or as
@@ -14,6 +14,7 @@ from teco import video_io
 
 
 class VideoReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the release builders below (one per data set, named by TFDS from the class)."""
     VERSION = tfds.core.Version("1.0.0")
     IMAGE_SIZE = 64
     HAS_ACTIONS = True
@@ -54,3 +55,40 @@ class VideoReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                 print(f"skipping bad file ({skipped} so far): {e}", flush=True)
                 continue
             yield rel, {**ep, "source": rel}
+
+
+def _instructions(name: str) -> str:
+    return (f"Place the authors' {name} release under <manual_dir>/{{train,test}}/<shard>/ as "
+            ".npz files (keys video, actions) or .mp4 files with an optional sibling .npz "
+            "holding actions.")
+
+
+class Dmlab(VideoReleaseBuilder):
+    """`dmlab`: DMLab-40k, 64x64, actions.
+    `python -m datasets.build dmlab --data_dir=data/tfds --manual_dir=/path/to/dmlab`"""
+    IMAGE_SIZE, HAS_ACTIONS = 64, True
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions("dmlab")
+
+
+class Minecraft(VideoReleaseBuilder):
+    """`minecraft`: Minecraft-200k, 128x128, actions.
+    `python -m datasets.build minecraft --data_dir=data/tfds --manual_dir=/path/to/minecraft`"""
+    IMAGE_SIZE, HAS_ACTIONS = 128, True
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions("minecraft")
+
+
+class Habitat(VideoReleaseBuilder):
+    """`habitat`: Habitat-200k, 128x128, actions.
+    `python -m datasets.build habitat --data_dir=data/tfds --manual_dir=/path/to/habitat`"""
+    IMAGE_SIZE, HAS_ACTIONS = 128, True
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions("habitat")
+
+
+class Kinetics600(VideoReleaseBuilder):
+    """`kinetics600`: Kinetics-600 .mp4 files, 128x128, no actions.
+    `python -m datasets.build kinetics600 --data_dir=data/tfds --manual_dir=/path/to/kinetics`"""
+    IMAGE_SIZE, HAS_ACTIONS = 128, False
+    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions("kinetics600")
+
+
+RELEASES = {"dmlab": Dmlab, "minecraft": Minecraft, "habitat": Habitat, "kinetics600": Kinetics600}

@@ -109,3 +109,41 @@ def test_video_grid_marks_context():
     assert grid.shape == (1, 8, 12, 3)
     assert (grid[0, 0, 0] == [0, 255, 0]).all() and (grid[0, 1, 5] == [0, 0, 0]).all()
     assert (grid[0, 5, 5] == 9).all()
+
+
+def test_stage2_run_resumes_exactly(tmp_path, monkeypatch):
+    """TECO trained 4 steps straight == 2 steps, killed, then the same command again."""
+    from teco import checkpoint
+    from train_test import Preempted, interrupt_after
+
+    vq_config = load_config("configs/memory_maze_vqgan.py:tiny")
+    vq_config.unlock()
+    vq_config.data.data_dir = str(tmp_path / "data")
+    vq_config.total_steps, vq_config.warmup_steps = 1, 1
+    train.train_and_evaluate(vq_config, str(tmp_path / "vqgan"))
+
+    config = teco_config(total_steps=4, save_interval=2, log_eval_interval=100,
+                         viz_interval=100, vqvae_ckpt=str(tmp_path / "vqgan"))
+    config.data.source, config.data.data_dir = "tfds", str(tmp_path / "data")  # pixels path
+    config.mesh.update(dict(data=2, fsdp=2, model=2))
+    reference = train.train_and_evaluate(config, str(tmp_path / "ref"))
+    assert reference["step"] == 4 and np.isfinite(reference["eval"]["trans_loss"])
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3)
+        with pytest.raises(Preempted):
+            train.train_and_evaluate(config, str(tmp_path / "run"))
+    resumed = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert resumed["start_step"] == 2 and resumed["step"] == 4
+
+    def params(workdir):
+        task = TecoTask(config)
+        manager = checkpoint.make_manager(workdir, read_only=True)
+        abstract = jax.eval_shape(task.init_state, jax.random.PRNGKey(0))
+        one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+                                abstract)
+        state, _ = checkpoint.restore(manager, abstract, 4)
+        return jax.tree.leaves(jax.device_get(state.params))
+
+    for a, b in zip(params(tmp_path / "ref"), params(tmp_path / "run")):
+        np.testing.assert_array_equal(a, b)
