@@ -9,6 +9,8 @@ Protocols (TECO paper, "Data and evaluation protocol"):
                          action-free variant)
     kinetics_fvd_20_100  20 context frames -> 100-frame videos; FVD
     custom               --context and --predict as given; PSNR, SSIM, LPIPS and FVD
+    teacher_forced       the training losses on held-out clips of seq_len frames (prior loss,
+                         decoder and prior accuracy), with the true actions or --no_actions
 Scores compare against the real frames (`--reference=real`, the default) or against the VQ-GAN's
 reconstructions of them (`--reference=reconstruction`, the tokenizer's ceiling removed).
 FVD is reported as the authors do (mean +- std over chunks of 256 videos) and pooled over all.
@@ -26,12 +28,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
+
+from teco.tasks.base import TrainState
 
 PROTOCOLS = {
     "frames_144_156": dict(context=144, predict=156, metrics=("psnr", "ssim", "lpips")),
     "fvd_36_300": dict(context=36, predict=264, metrics=("fvd",)),
     "kinetics_fvd_20_100": dict(context=20, predict=80, metrics=("fvd",)),
     "custom": dict(context=None, predict=None, metrics=("psnr", "ssim", "lpips", "fvd")),
+    "teacher_forced": dict(context=None, predict=None, metrics=()),
 }
 
 
@@ -77,6 +83,43 @@ def pixel_iterator(stage, args, total: int):
         yield real, np.asarray(batch["actions"])
 
 
+def teacher_forced(args) -> dict:
+    """Mean teacher-forced metrics of the run's own data over `num_videos` held-out clips."""
+    import jax
+
+    from teco import data, generate, sharding
+    from teco.tasks.teco import TecoTask
+
+    stage = generate.load_stage2(args.workdir, step=args.step)
+    config = stage.config.copy_and_resolve_references()
+    config.unlock()
+    config.batch_size = args.batch_size
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    task = TecoTask(config, vqgan=stage.vqgan, vq_config=stage.vq_config)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
+    it = data.make_iterator(config, mesh, split=args.split or config.data.eval_split, train=False,
+                            num_epochs=1)
+    _, params = nnx.split(stage.model)
+    state = TrainState(step=stage.step, params=params, opt_state=None, rng=None)
+    step = jax.jit(task.eval_step)
+    consts = task.constants()
+    outputs = []
+    for batch in it:
+        if len(outputs) * args.batch_size >= args.num_videos:
+            break
+        if args.no_actions:
+            batch = dict(batch, actions=jax.numpy.full_like(batch["actions"], -1))
+        outputs.append(jax.device_get(step(state, batch, consts)))
+    if not outputs:
+        raise ValueError("the evaluation split gave no clips")
+    return {"protocol": "teacher_forced", "num_videos": len(outputs) * args.batch_size,
+            "seq_len": int(config.seq_len), "checkpoint_step": stage.step,
+            "checkpoint": stage.source,
+            "actions": "none (no-action token)" if args.no_actions else "given",
+            **task.eval_summary(outputs)}
+
+
 def run(args) -> dict:
     import jax
     from tqdm import tqdm
@@ -85,6 +128,13 @@ def run(args) -> dict:
     from teco.metrics import I3D, LPIPS, frame_metrics, fvd_chunked, fvd_from_features
     from teco.sample import sampler_spec
 
+    if args.protocol == "teacher_forced":
+        result = teacher_forced(args)
+        out = Path(args.out or Path(args.workdir) / "eval" / args.protocol)
+        out.mkdir(parents=True, exist_ok=True)
+        name = "metrics_no_actions.json" if args.no_actions else "metrics.json"
+        (out / name).write_text(json.dumps(result, indent=1))
+        return result
     proto = dict(PROTOCOLS[args.protocol])
     context = args.context or proto["context"]
     predict = args.predict or proto["predict"]
@@ -182,7 +232,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    shown = {k: v for k, v in result.items() if k in ("psnr", "ssim", "lpips", "fvd")}
+    shown = {k: v for k, v in result.items()
+             if k in ("psnr", "ssim", "lpips", "fvd", "trans_loss", "prior_acc", "recon_acc")}
     print(json.dumps({"num_videos": result["num_videos"], **shown}, indent=1))
     return 0
 
