@@ -92,7 +92,7 @@ class TecoTask:
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=self.schedule(state.step))
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.schedule(state.step))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
