@@ -113,7 +113,7 @@ def encode_frames(vqgan, video_BTHWC, chunk: int = 64):
     b, t = video.shape[:2]
     flat = video.reshape((b * t,) + video.shape[2:])
     graphdef, state = nnx.split(vqgan)
-    enc = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x)["codes"])
+    enc = _jitted("encode", graphdef, lambda s, x: nnx.merge(graphdef, s).encode(x)["codes"])
     codes = [np.asarray(enc(state, _pad(flat[i:i + chunk], chunk)))[:len(flat[i:i + chunk])]
              for i in range(0, len(flat), chunk)]
     out = np.concatenate(codes)
@@ -126,7 +126,7 @@ def decode_codes(vqgan, codes_BTHW, chunk: int = 64) -> np.ndarray:
     b, t = codes.shape[:2]
     flat = codes.reshape((b * t,) + codes.shape[2:])
     graphdef, state = nnx.split(vqgan)
-    dec = jax.jit(lambda s, c: quantize(nnx.merge(graphdef, s).decode_codes(c)))
+    dec = _jitted("decode", graphdef, lambda s, c: quantize(nnx.merge(graphdef, s).decode_codes(c)))
     frames = [np.asarray(dec(state, _pad(flat[i:i + chunk], chunk)))[:len(flat[i:i + chunk])]
               for i in range(0, len(flat), chunk)]
     out = np.concatenate(frames)
@@ -142,6 +142,16 @@ def codes_to_rgb(table, codes_BTHW) -> np.ndarray:
     rgb = centred @ vt[:3].T
     rgb = (rgb - rgb.min(0)) / np.maximum(np.ptp(rgb, 0), 1e-8)
     return (rgb[np.asarray(codes_BTHW)] * 255).round().astype(np.uint8)
+
+
+_JITTED: dict = {}
+
+
+def _jitted(kind: str, graphdef, fn):
+    """One compiled function per network structure, reused across batches (no recompiles)."""
+    if (kind, graphdef) not in _JITTED:
+        _JITTED[(kind, graphdef)] = jax.jit(fn)
+    return _JITTED[(kind, graphdef)]
 
 
 def _pad(x: np.ndarray, n: int) -> np.ndarray:
