@@ -8,10 +8,12 @@ Every episode of each split is encoded whole: codes int16 [T, h, w] plus its act
 codes_meta.json); a stage-2 config reads it with `data.source='codes'`, `data.data_dir=out_dir`.
 The frames come from the data set the VQ-GAN was trained on (its saved config) unless
 --data_dir / --data_source say otherwise. It reports the PSNR of the reconstructions of what it
-encoded (uint8-quantised, as in evaluation) per split, also stored in codes_meta.json.
+encoded (uint8-quantised, as in evaluation) for the --psnr_splits (default: test), also stored
+in codes_meta.json.
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -26,8 +28,10 @@ from teco.metrics.image import quantize
 from teco.tasks.vqgan import PSNR_CAP
 
 
-def make_encode_fn(model, mesh):
-    """jitted (params, uint8 frames [N, H, W, 3]) -> (codes int32 [N, h, w], PSNR [N])."""
+def make_encode_fn(model, mesh, *, with_psnr: bool = True):
+    """jitted uint8 frames [N, H, W, 3] -> (codes int32 [N, h, w], PSNR [N] or None).
+
+    Without PSNR only the encoder runs (the decoder costs as much again)."""
     graphdef, params = nnx.split(model)
     params = jax.device_put(params, sharding.replicated(mesh))
     batch = sharding.batch_sharding(mesh)
@@ -36,7 +40,10 @@ def make_encode_fn(model, mesh):
     def encode(params, frames_u8):
         frames_u8 = jax.lax.with_sharding_constraint(frames_u8, batch)
         x = frames_u8.astype(jnp.float32) / 127.5 - 1.0
-        x_hat, vq = nnx.merge(graphdef, params)(x)
+        net = nnx.merge(graphdef, params)
+        if not with_psnr:
+            return net.encode(x)["codes"], None
+        x_hat, vq = net(x)
         err = jnp.square(quantize(x_hat).astype(jnp.float32) - frames_u8.astype(jnp.float32))
         psnr = 20.0 * jnp.log10(255.0) - 10.0 * jnp.log10(jnp.mean(err, axis=(1, 2, 3)))
         return vq["codes"], jnp.minimum(psnr, PSNR_CAP)  # exact frames would be +inf
@@ -47,13 +54,16 @@ def make_encode_fn(model, mesh):
 def encode_dataset(vqgan_workdir: str, out_dir: str, *, splits=("train", "test"),
                    batch_size: int = 64, data_dir: str | None = None,
                    data_source: str | None = None, step: int | None = None,
-                   mesh=None) -> dict[str, dict[str, float]]:
+                   mesh=None, psnr_splits=("test",)) -> dict[str, dict[str, float]]:
     """Encodes `splits` of the VQ-GAN's data set into `out_dir`; returns per-split statistics
-    {'episodes', 'frames', 'psnr'} (mean PSNR over frames, dB)."""
+    {'episodes', 'frames', 'psnr'} (mean PSNR over frames, dB; only for `psnr_splits`, whose
+    frames are also decoded: that doubles their cost)."""
     from teco import data
 
     if jax.process_count() > 1:
         raise ValueError("teco.encode writes one file per split: run it as a single process")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out_dir {out_dir} is a file, not a directory")
     model, vq_config = checkpoint.load_vqgan(vqgan_workdir, step=step)
     mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "model": 1})
     dp = sharding.data_parallel_size(mesh)
@@ -66,10 +76,14 @@ def encode_dataset(vqgan_workdir: str, out_dir: str, *, splits=("train", "test")
     if data_config.source == "codes":
         raise ValueError("teco.encode reads videos; data.source must be 'tfds' or 'authors'")
     facts = checkpoint.vqgan_facts(vq_config)
-    encode = make_encode_fn(model, mesh)
+    encoders = {with_psnr: make_encode_fn(model, mesh, with_psnr=with_psnr)
+                for with_psnr in (False, True)}
     stats = {}
+    # Every split is found before any is written: a missing one leaves out_dir as it was.
+    sources = {split: data.make_source(data_config, split, seq_len=1) for split in splits}
     for split in splits:
-        source = data.make_source(data_config, split, seq_len=1)
+        encode = encoders[split in psnr_splits]
+        source = sources[split]
         writer = data.CodesWriter(out_dir, split, meta={
             **facts, "vqgan_workdir": str(Path(vqgan_workdir).absolute()),
             "data": {"name": data_config.name, "source": data_config.source,
@@ -94,23 +108,28 @@ def encode_dataset(vqgan_workdir: str, out_dir: str, *, splits=("train", "test")
                     part = np.concatenate([part, np.zeros((chunk - n,) + part.shape[1:], np.uint8)])
                 c, p = jax.device_get(encode(part))
                 codes.append(c[:n])
-                psnr.append(p[:n])
+                if p is not None:
+                    psnr.append(p[:n])
             codes = np.concatenate(codes)
             if codes.max() >= np.iinfo(np.int16).max:
                 raise ValueError(f"{facts['n_codes']} codes do not fit int16")
             writer.add(codes.astype(np.int16), actions)
-            psnr_sum += float(np.sum(np.concatenate(psnr)))
+            psnr_sum += float(np.sum(np.concatenate(psnr))) if psnr else 0.0
             frames += t
-            if (i + 1) % 50 == 0 or i + 1 == len(source):
-                logging.info("%s: %d/%d episodes, %d frames, %.1f frames/s, PSNR %.2f dB", split,
-                             i + 1, len(source), frames, frames / (time.time() - start),
-                             psnr_sum / max(frames, 1))
-        mean_psnr = psnr_sum / max(frames, 1)
-        writer.meta[f"psnr_{split}"] = mean_psnr
+            if (i + 1) % 10 == 0 or i + 1 == len(source):
+                elapsed = time.time() - start
+                eta = elapsed / (i + 1) * (len(source) - i - 1)
+                logging.info("%s: %d/%d episodes, %d frames, %.1f frames/s%s, ETA %s", split,
+                             i + 1, len(source), frames, frames / elapsed,
+                             f", PSNR {psnr_sum / max(frames, 1):.2f} dB" if psnr else "",
+                             time.strftime("%H:%M:%S", time.gmtime(eta)))
+        stats[split] = {"episodes": len(source), "frames": frames}
+        if split in psnr_splits:
+            stats[split]["psnr"] = writer.meta[f"psnr_{split}"] = psnr_sum / max(frames, 1)
         writer.close()
-        stats[split] = {"episodes": len(source), "frames": frames, "psnr": mean_psnr}
-        logging.info("encoded %s: %d episodes, %d frames, reconstruction PSNR %.2f dB -> %s",
-                     split, len(source), frames, mean_psnr, out_dir)
+        logging.info("encoded %s: %d episodes, %d frames%s -> %s", split, len(source), frames,
+                     f", reconstruction PSNR {stats[split]['psnr']:.2f} dB"
+                     if "psnr" in stats[split] else "", out_dir)
     return stats
 
 
@@ -121,10 +140,12 @@ def _define_flags():
     flags.DEFINE_string("vqgan_workdir", None, "teco.train workdir of the VQ-GAN (stage 1).")
     flags.DEFINE_string("out_dir", None, "Where the code data set is written.")
     flags.DEFINE_list("splits", ["train", "test"], "Splits to encode.")
-    flags.DEFINE_integer("batch_size", 64, "Frames per encoder call.")
+    flags.DEFINE_integer("batch_size", 64, "Frames per encoder call.", lower_bound=1)
     flags.DEFINE_string("data_dir", None, "Override the VQ-GAN config's data.data_dir.")
     flags.DEFINE_enum("data_source", None, ["tfds", "authors"], "Override data.source.")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: best by eval, else latest).")
+    flags.DEFINE_list("psnr_splits", ["test"], "Splits whose reconstructions are also decoded "
+                      "to report PSNR (doubles their cost).")
     flags.mark_flags_as_required(["vqgan_workdir", "out_dir"])
 
 
@@ -134,12 +155,17 @@ def main(argv):
 
     quiet_library_logs()
     f = flags.FLAGS
-    stats = encode_dataset(f.vqgan_workdir, f.out_dir, splits=tuple(f.splits),
-                           batch_size=f.batch_size, data_dir=f.data_dir,
-                           data_source=f.data_source, step=f.step)
+    try:
+        stats = encode_dataset(f.vqgan_workdir, f.out_dir, splits=tuple(f.splits),
+                               batch_size=f.batch_size, data_dir=f.data_dir,
+                               data_source=f.data_source, step=f.step,
+                               psnr_splits=tuple(f.psnr_splits))
+    except (ValueError, OSError) as e:  # bad workdir, data or out_dir: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     for split, s in stats.items():
-        print(f"{split}: {s['episodes']} episodes, {s['frames']} frames, "
-              f"reconstruction PSNR {s['psnr']:.2f} dB")
+        psnr = f", reconstruction PSNR {s['psnr']:.2f} dB" if "psnr" in s else ""
+        print(f"{split}: {s['episodes']} episodes, {s['frames']} frames{psnr}")
 
 
 if __name__ == "__main__":

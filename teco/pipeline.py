@@ -25,18 +25,33 @@ from pathlib import Path
 from absl import logging
 
 PRESETS = {
-    # name: data set build, stage configs and their overrides, rollout/eval sizes
+    # name: data set build, stage configs and their step counts (None = the config's), rollout
+    # and eval sizes, and the minutes each stage took on a quiet 2-core CPU machine (for the ETA).
     "demo": dict(data=("memory_maze", "small"), vqgan="configs/memory_maze_vqgan.py",
-                 teco="configs/memory_maze.py", vqgan_steps=None, teco_steps=None,
-                 context=36, predict=64, eval_videos=8, sample_videos=4),
+                 teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=900,
+                 context=36, predict=64, eval_videos=8, sample_videos=4,
+                 minutes=dict(data=4.0, vqgan=9.0, encode=2.0, teco=17.0, sample=1.5, eval=2.0)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
-                 context=2, predict=8, eval_videos=2, sample_videos=2),
+                 context=2, predict=8, eval_videos=2, sample_videos=2,
+                 minutes=dict(data=0.1, vqgan=0.3, encode=0.1, teco=0.4, sample=0.2, eval=0.3)),
 }
+STAGES = ("data", "vqgan", "encode", "teco", "sample", "eval")
 
 
-def stage_line(i: int, n: int, name: str, what: str) -> None:
-    print(f"\n=== [{i}/{n}] {name}: {what}", flush=True)
+class StageClock:
+    """Prints one banner per stage: what runs, time so far, and the expected time left (the
+    preset's reference minutes for the stages not yet done)."""
+
+    def __init__(self, minutes: dict[str, float]):
+        self.minutes, self.t0 = minutes, time.time()
+
+    def start(self, name: str, title: str, what: str) -> None:
+        i = STAGES.index(name)
+        left = sum(self.minutes[s] for s in STAGES[i:])
+        print(f"\n=== [{i + 1}/{len(STAGES)}] {title}: {what}\n    "
+              f"{(time.time() - self.t0) / 60:.1f} min so far, about {left:.0f} min left "
+              f"on a 2-core CPU (less for the stages already done)", flush=True)
 
 
 def _stamp(path: Path, **facts) -> None:
@@ -95,21 +110,22 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
     preset = PRESETS[preset_name]
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or workdir / "data"
-    n, t0 = 6, time.time()
+    t0 = time.time()
+    clock = StageClock(preset["minutes"])
 
-    stage_line(1, n, "data", f"{preset['data'][0]} under {data_dir}")
+    clock.start("data", "data", f"{'/'.join(filter(None, preset['data']))} under {data_dir}")
     data_name = build_data(preset, data_dir)
 
     vq_dir = workdir / "vqgan"
     vq_config = stage_config(preset["vqgan"], data_name, data_dir, preset["vqgan_steps"])
-    stage_line(2, n, "VQ-GAN", f"{vq_config.total_steps} steps -> {vq_dir}")
+    clock.start("vqgan", "VQ-GAN", f"{vq_config.total_steps} steps -> {vq_dir}")
     if finished(vq_dir, vq_config.total_steps):
         print("reusing the finished VQ-GAN")
     else:
         train.train_and_evaluate(vq_config, str(vq_dir))
 
     codes_dir = workdir / "codes"
-    stage_line(3, n, "encode", f"every episode -> {codes_dir}")
+    clock.start("encode", "encode", f"every episode -> {codes_dir}")
     stamp = dict(vqgan=str(vq_dir), step=int(vq_config.total_steps), data=data_name)
     if _stamped(codes_dir / "stamp.json", **stamp):
         print("reusing the encoded codes")
@@ -123,21 +139,21 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
     teco_config = stage_config(preset["teco"], data_name, codes_dir, preset["teco_steps"],
                                vqvae_ckpt=str(vq_dir))
     teco_config.data.source = "codes"
-    stage_line(4, n, "TECO", f"{teco_config.total_steps} steps -> {teco_dir}")
+    clock.start("teco", "TECO", f"{teco_config.total_steps} steps -> {teco_dir}")
     if finished(teco_dir, teco_config.total_steps):
         print("reusing the finished TECO")
     else:
         train.train_and_evaluate(teco_config, str(teco_dir))
 
     context, predict = preset["context"], preset["predict"]
-    stage_line(5, n, "sample", f"{preset['sample_videos']} videos, {predict} frames after "
-               f"{context} -> {workdir / 'samples'}")
+    clock.start("sample", "sample", f"{preset['sample_videos']} videos, {predict} frames after "
+                f"{context} -> {workdir / 'samples'}")
     common = [f"--workdir={teco_dir}", f"--n_context={context}", f"--n_new={predict}"]
     if sample.main(common + [f"--num_videos={preset['sample_videos']}", "--batch_size=2",
                              f"--out={workdir / 'samples'}"]) != 0:
         raise RuntimeError("sampling failed")
 
-    stage_line(6, n, "eval", f"{preset['eval_videos']} held-out videos -> {workdir / 'eval'}")
+    clock.start("eval", "eval", f"{preset['eval_videos']} held-out videos -> {workdir / 'eval'}")
     args = teco_eval.parse([f"--workdir={teco_dir}", "--protocol=custom", f"--context={context}",
                             f"--predict={predict}", f"--num_videos={preset['eval_videos']}",
                             "--batch_size=2", f"--data_dir={data_dir}",
