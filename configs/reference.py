@@ -61,8 +61,9 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                     "makes seq_len - n_context new frames by default (teco/models/teco.py, "
                     "teco/rollout.py).",
         },
-        "eval_seq_len": "Read by no code: teco.eval takes its clip lengths from --protocol, "
-                        "--context and --predict (a key to wire up or remove).",
+        "eval_seq_len": "Length of the videos teco.sample makes by default, context "
+                        "included (--n_new defaults to eval_seq_len - open_loop_ctx; "
+                        "teco/sample.py); teco.eval's lengths come from --protocol.",
     }),
     ("VQ-GAN network and codebook", {
         "vqgan.ch": "Base channel width of the ResNet encoder and decoder; level i has "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 RELEASES = ("dmlab", "minecraft", "habitat", "kinetics600")
 
@@ -19,7 +20,15 @@ def build_release(name: str, data_dir: str, manual_dir: str, on_bad_file: str = 
     import tensorflow_datasets as tfds
 
     from datasets.video_release import RELEASES as builders
+    from teco.video_io import DataError
 
+    # Checked here: TFDS reports a missing or empty manual_dir with an AssertionError.
+    release = Path(manual_dir)
+    if not release.is_dir():
+        raise DataError(f"--manual_dir {manual_dir} does not exist (the authors' {name} release)")
+    if not any((release / split).is_dir() for split in ("train", "test")):
+        raise DataError(f"--manual_dir {manual_dir} has no train/ or test/ directory: expected "
+                        f"the authors' {name} release as <manual_dir>/{{train,test}}/<shard>/*")
     cls = builders[name]
     cls.on_bad_file = on_bad_file
     builder = cls(data_dir=data_dir, file_format="array_record")
@@ -42,9 +51,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from teco.video_io import DataError
-
     try:
+        for flag in ("image_size", "length", "episodes_train", "episodes_test"):
+            if getattr(args, flag) < 1:
+                raise ValueError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+        if args.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {args.seed}")
+        if Path(args.data_dir).exists() and not Path(args.data_dir).is_dir():
+            raise ValueError(f"--data_dir {args.data_dir} is a file, not a directory")
         if args.name == "synthetic":
             from datasets.synthetic import synthetic_dataset_builder as synth
 
@@ -58,9 +72,10 @@ def main(argv=None) -> int:
             builder = maze.build(args.data_dir, args.config)
         else:
             if not args.manual_dir:
-                raise DataError(f"{args.name} is built from the authors' release: pass --manual_dir")
+                raise ValueError(f"{args.name} is built from the authors' release: pass "
+                                 "--manual_dir")
             builder = build_release(args.name, args.data_dir, args.manual_dir, args.on_bad_file)
-    except DataError as e:
+    except (ValueError, OSError) as e:  # bad data (DataError) or config: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"built {builder.name} at {builder.data_dir}")

@@ -1,10 +1,12 @@
 """Input pipeline: grain over built TFDS sets, the authors' raw folders, or encoded VQ codes.
 
     episodes (random access) -> shuffle + repeat (train) -> crop `seq_len` frames
-      -> this process's slice -> batch -> global jax.Array on the mesh's data axes
+      -> this process's rows of each global batch -> global jax.Array on the mesh's data axes
 
-Deterministic given the seed; the iterator's position is a small dict (`get_state`) that
-checkpoints store, so a resumed run reads exactly the batches it would have read.
+Deterministic given the seed, and independent of the process count: global batch b holds
+elements b*B .. b*B+B-1 of the shuffled stream in order (unless bad files are skipped), each
+process reading only the rows its devices hold. The iterator's position is a small dict (`get_state`) that checkpoints
+store, so a resumed run reads exactly the batches it would have read.
 Bad files raise `DataError` naming the file, or, with `data.on_bad_file='skip'`, are dropped
 and counted (`BatchIterator.skipped`).
 """
@@ -19,6 +21,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from teco import sharding as sh
 from teco.video_io import DataError, check_episode, find_videos, load_video
@@ -154,8 +157,16 @@ def synthetic_dir(data_config, seq_len: int) -> str:
     length = max(24, 2 * seq_len)
     builder = synth.make_builder(data_config.data_dir, image_size=data_config.image_size,
                                  length=length)
-    if not Path(builder.data_dir).joinpath("dataset_info.json").exists():
+    ready = lambda: Path(builder.data_dir).joinpath("dataset_info.json").exists()
+    # Several processes on one file system: the first builds, the others wait for it.
+    if not ready() and jax.process_index() == 0:
         builder.download_and_prepare()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("teco synthetic data set")
+    if not ready():
+        builder.download_and_prepare()  # processes on machines that do not share the disk
     return f"synthetic/{builder.builder_config.name}"
 
 
@@ -226,16 +237,55 @@ class _SafeGet:
 # ----------------------------------------------------------------------------- iterator
 
 
+class _ProcessRows(grain.MapDataset):
+    """This process's share of every global batch: element i is row `rows[i % L]` of global
+    batch `start + i // L` (L = len(rows)); a trailing partial global batch is dropped."""
+
+    def __init__(self, parent: grain.MapDataset, rows, global_batch: int, start: int = 0):
+        super().__init__(parent)
+        self._rows, self._global, self._start = tuple(rows), int(global_batch), int(start)
+
+    def __len__(self) -> int:
+        return max(0, len(self._parent) // self._global - self._start) * len(self._rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, len(self._rows))
+        return self._parent[(self._start + batch) * self._global + self._rows[row]]
+
+    def __str__(self) -> str:
+        return f"_ProcessRows(rows={len(self._rows)} of {self._global}, start={self._start})"
+
+
+def _allgather_json(obj) -> list:
+    """`obj` of every process (a collective: all processes must call it together)."""
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([raw.size], np.int32)))
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:raw.size] = raw
+    every = np.asarray(multihost_utils.process_allgather(buf))
+    return [json.loads(bytes(row[:int(n)])) for row, n in zip(every, sizes.reshape(-1))]
+
+
 class BatchIterator:
     """Yields global batches {video float32 [B,T,H,W,3] in [-1,1] | codes int32 [B,T,h,w],
-    actions int32 [B,T]} placed on the mesh's data axes; `get_state`/`set_state` for resume."""
+    actions int32 [B,T]} placed on the mesh's data axes; `get_state`/`set_state` for resume.
 
-    def __init__(self, dataset: grain.IterDataset, mesh, key: str, local_batch: int):
-        self._dataset = dataset
-        self._it = iter(dataset)
+    `build(start)` gives this process's element stream from global batch `start` on.
+    """
+
+    def __init__(self, build, mesh, key: str, global_batch: int, local_batch: int,
+                 n_files: int | None = None):
+        self._build = build
+        self._n_files = n_files
+        self._it = iter(build(0))
         self._sharding = sh.batch_sharding(mesh)
         self.key = key
-        self.local_batch = local_batch
+        self.global_batch, self.local_batch = global_batch, local_batch
+        self.batches = 0  # global batches yielded since the start of the stream
         self.skipped = 0
         self.skipped_names: list[str] = []
         if key == "video":
@@ -246,13 +296,21 @@ class BatchIterator:
         return self
 
     def _next_local(self) -> list[dict[str, np.ndarray]]:
-        batch = []
+        batch, in_a_row = [], 0
         while len(batch) < self.local_batch:
             el = next(self._it)
             if "_bad" in el:
                 self.skipped += 1
+                in_a_row += 1
                 if len(self.skipped_names) < 100:
                     self.skipped_names.append(el["_bad"])
+                # As many bad reads in a row as there are files: nothing usable is left, and
+                # skipping on would spin forever.
+                if self._n_files is not None and in_a_row >= max(self._n_files, 1):
+                    raise DataError(
+                        f"skipped {in_a_row} bad files in a row ({self._n_files} in the split; "
+                        f"data.on_bad_file='skip'): no usable video left, e.g. "
+                        f"{self.skipped_names[-1]}")
                 continue
             batch.append(el)
         return batch
@@ -262,17 +320,40 @@ class BatchIterator:
         out = {}
         for k in (self.key, "actions"):
             local = np.stack([el[k] for el in batch])
-            out[k] = jax.make_array_from_process_local_data(self._sharding, local)
+            out[k] = jax.make_array_from_process_local_data(
+                self._sharding, local, (self.global_batch,) + local.shape[1:])
         if self.key == "video":
             out["video"] = self._to_float(out["video"])
+        self.batches += 1
         return out
 
+    def _layout(self) -> list[int]:
+        return [jax.process_count(), self.local_batch]
+
     def get_state(self) -> dict[str, Any]:
-        return {"grain": self._it.get_state(), "skipped": self.skipped}
+        """The position. With several processes it holds every process's own position (each
+        skips bad files independently), so this is a collective: all must call it together."""
+        own = {"grain": self._it.get_state(), "skipped": self.skipped}
+        state = dict(own, batches=self.batches, layout=self._layout())
+        if jax.process_count() > 1:
+            state["processes"] = _allgather_json(own)
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._it.set_state(state["grain"])
-        self.skipped = int(state.get("skipped", 0))
+        if state.get("layout", self._layout()) == self._layout():
+            procs = state.get("processes")
+            own = procs[jax.process_index()] if procs else state
+            self._it.set_state(own["grain"])
+            self.skipped = int(own.get("skipped", 0))
+            self.batches = int(state.get("batches", 0))
+            return
+        # Saved by another process layout: the per-process positions do not carry over, so
+        # reading restarts at the next global batch (exact unless bad files were skipped).
+        self.batches = int(state["batches"])
+        self._it = iter(self._build(self.batches))
+        logging.warning("data position saved with %d processes x %d rows, resuming with %d x %d: "
+                        "restarting the input stream at global batch %d",
+                        *state["layout"], *self._layout(), self.batches)
 
 
 def make_iterator(config, mesh, *, split: str, train: bool, seed: int | None = None,
@@ -285,13 +366,15 @@ def make_iterator(config, mesh, *, split: str, train: bool, seed: int | None = N
     data = config.data
     seed = int(config.seed if seed is None else seed)
     key = "codes" if data.source == "codes" else "video"
-    n_proc, proc = jax.process_count(), jax.process_index()
     global_batch = int(config.batch_size)
     dp = sh.data_parallel_size(mesh)
-    if global_batch % dp or global_batch % n_proc:
+    if global_batch % dp:
         raise ValueError(f"batch_size={global_batch} is not divisible by the data-parallel size "
-                         f"{dp} and the process count {n_proc}")
-    local_batch = global_batch // n_proc
+                         f"{dp} (mesh data x fsdp)")
+    # The rows of each global batch this process's devices hold (all of them when the data
+    # axes do not span processes); processes holding the same rows read the same elements.
+    rows = sh.process_batch_rows(mesh, global_batch)
+    local_batch = len(rows)
     skip_bad = data.on_bad_file == "skip"
 
     source = make_source(data, split, seq_len=int(config.seq_len))
@@ -302,15 +385,20 @@ def make_iterator(config, mesh, *, split: str, train: bool, seed: int | None = N
         ds = ds.repeat(num_epochs)
     image_size = data.image_size if key == "video" else None
     crop = _Crop(key, int(config.seq_len), image_size, random_start=train, skip_bad=skip_bad)
+    # Crops are drawn per element index, before the split into processes: the same global
+    # batches whatever the number of processes.
     ds = ds.random_map(crop, seed=seed + 1)
-    # Every process takes a disjoint, interleaved slice of the same global order.
-    ds = ds[proc::n_proc]
     read = grain.ReadOptions(num_threads=max(1, min(4, local_batch)),
                              prefetch_buffer_size=max(2, int(data.prefetch)) * local_batch)
-    it_ds = ds.to_iter_dataset(read)
-    if int(data.worker_count) > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(data.worker_count)))
-    return BatchIterator(it_ds, mesh, key, local_batch)
+
+    def build(start: int) -> grain.IterDataset:
+        it_ds = _ProcessRows(ds, rows, global_batch, start).to_iter_dataset(read)
+        if int(data.worker_count) > 0:
+            it_ds = it_ds.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=int(data.worker_count)))
+        return it_ds
+
+    return BatchIterator(build, mesh, key, global_batch, local_batch, n_files=len(source))
 
 
 def frames_per_batch(config) -> int:

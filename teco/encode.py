@@ -64,6 +64,8 @@ def encode_dataset(vqgan_workdir: str, out_dir: str, *, splits=("train", "test")
         raise ValueError("teco.encode writes one file per split: run it as a single process")
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"--out_dir {out_dir} is a file, not a directory")
+    if not Path(vqgan_workdir).is_dir():
+        raise ValueError(f"--vqgan_workdir {vqgan_workdir} does not exist")
     model, vq_config = checkpoint.load_vqgan(vqgan_workdir, step=step)
     mesh = mesh or sharding.make_mesh({"data": -1, "fsdp": 1, "model": 1})
     dp = sharding.data_parallel_size(mesh)
@@ -98,6 +100,8 @@ def encode_dataset(vqgan_workdir: str, out_dir: str, *, splits=("train", "test")
                                  f"{(facts['image_size'],) * 2 + (3,)}")
             if video.dtype != np.uint8:
                 raise ValueError(f"{name}: video must be uint8, got {video.dtype}")
+            if video.shape[0] == 0:
+                raise ValueError(f"{name}: video has no frames")
             t = video.shape[0]
             actions = np.asarray(ep.get("actions", np.zeros((t,), np.int32)), np.int32)
             codes, psnr = [], []

@@ -42,23 +42,31 @@ PROTOCOLS = {
 
 
 def parse(argv):
+    from teco.sample import add_sampler_flags, at_least
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True)
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="frames_144_156")
-    p.add_argument("--context", type=int, default=None, help="override the protocol's context")
-    p.add_argument("--predict", type=int, default=None, help="override the predicted frames")
-    p.add_argument("--num_videos", type=int, default=16)
-    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--context", type=at_least(1), default=None,
+                   help="override the protocol's context")
+    p.add_argument("--predict", type=at_least(1), default=None,
+                   help="override the predicted frames")
+    p.add_argument("--num_videos", type=at_least(1), default=16)
+    p.add_argument("--batch_size", type=at_least(1), default=4)
     p.add_argument("--reference", choices=["real", "reconstruction"], default="real")
     p.add_argument("--no_actions", action="store_true", help="condition on no actions at all")
     p.add_argument("--split", default=None)
     p.add_argument("--data_dir", default=None, help="pixel data set directory (default: the "
                    "VQ-GAN run's config.data.data_dir)")
-    p.add_argument("--step", type=int, default=None)
+    p.add_argument("--step", type=at_least(0), default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fvd_chunk", type=int, default=256)
-    p.add_argument("--num_saved_videos", type=int, default=4)
+    p.add_argument("--fvd_chunk", type=at_least(1), default=256)
+    p.add_argument("--fvd_window", type=at_least(0), default=16,
+                   help="also FVD of consecutive windows of this many frames, plotted over time "
+                   "in fvd.png (0: off)")
+    p.add_argument("--num_saved_videos", type=at_least(0), default=4)
     p.add_argument("--out", default=None)
+    add_sampler_flags(p)
     return p.parse_args(argv)
 
 
@@ -83,12 +91,21 @@ def pixel_iterator(stage, args, total: int):
         yield real, np.asarray(batch["actions"])
 
 
+def _clip_length_error(e, seq_len: int, what: str):
+    """The data pipeline names seq_len; evaluation users set the length by protocol/flags."""
+    from teco.video_io import DataError
+
+    return DataError(str(e).replace(f"shorter than seq_len={seq_len}", f"shorter than {what}"))
+
+
 def teacher_forced(args) -> dict:
     """Mean teacher-forced metrics of the run's own data over `num_videos` held-out clips."""
     import jax
 
     from teco import data, generate, sharding
+    from teco.sample import no_clips_error
     from teco.tasks.teco import TecoTask
+    from teco.video_io import DataError
 
     stage = generate.load_stage2(args.workdir, step=args.step)
     config = stage.config.copy_and_resolve_references()
@@ -96,6 +113,10 @@ def teacher_forced(args) -> dict:
     config.batch_size = args.batch_size
     if args.data_dir:
         config.data.data_dir = args.data_dir
+    if stage.vqgan is None:
+        raise ValueError("teacher_forced evaluation needs the run's VQ-GAN; this model has none")
+    if config.data.source == "codes":
+        generate.check_code_set(stage, config.data.data_dir)
     task = TecoTask(config, vqgan=stage.vqgan, vq_config=stage.vq_config)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
     it = data.make_iterator(config, mesh, split=args.split or config.data.eval_split, train=False,
@@ -105,14 +126,18 @@ def teacher_forced(args) -> dict:
     step = jax.jit(task.eval_step)
     consts = task.constants()
     outputs = []
-    for batch in it:
-        if len(outputs) * args.batch_size >= args.num_videos:
-            break
-        if args.no_actions:
-            batch = dict(batch, actions=jax.numpy.full_like(batch["actions"], -1))
-        outputs.append(jax.device_get(step(state, batch, consts)))
+    try:
+        for batch in it:
+            if len(outputs) * args.batch_size >= args.num_videos:
+                break
+            if args.no_actions:
+                batch = dict(batch, actions=jax.numpy.full_like(batch["actions"], -1))
+            outputs.append(jax.device_get(step(state, batch, consts)))
+    except DataError as e:
+        raise _clip_length_error(e, int(config.seq_len),
+                                 f"the run's seq_len={config.seq_len} (teacher_forced)") from None
     if not outputs:
-        raise ValueError("the evaluation split gave no clips")
+        raise no_clips_error(config.data, args, int(config.seq_len))
     return {"protocol": "teacher_forced", "num_videos": len(outputs) * args.batch_size,
             "seq_len": int(config.seq_len), "checkpoint_step": stage.step,
             "checkpoint": stage.source,
@@ -126,18 +151,20 @@ def run(args) -> dict:
 
     from teco import generate, videos
     from teco.metrics import I3D, LPIPS, frame_metrics, fvd_chunked, fvd_from_features
-    from teco.sample import sampler_spec
+    from teco.sample import check_out_dir, no_clips_error, sampler_spec
+    from teco.video_io import DataError
 
+    out = Path(args.out or Path(args.workdir) / "eval" / args.protocol)
+    check_out_dir(out)
     if args.protocol == "teacher_forced":
         result = teacher_forced(args)
-        out = Path(args.out or Path(args.workdir) / "eval" / args.protocol)
         out.mkdir(parents=True, exist_ok=True)
         name = "metrics_no_actions.json" if args.no_actions else "metrics.json"
-        (out / name).write_text(json.dumps(result, indent=1))
+        _write_text(out / name, json.dumps(result, indent=1))
         return result
     proto = dict(PROTOCOLS[args.protocol])
-    context = args.context or proto["context"]
-    predict = args.predict or proto["predict"]
+    context = proto["context"] if args.context is None else args.context
+    predict = proto["predict"] if args.predict is None else args.predict
     if not context or not predict:
         raise ValueError(f"protocol {args.protocol} needs --context and --predict")
     total = context + predict
@@ -150,8 +177,10 @@ def run(args) -> dict:
     stage = generate.load_stage2(args.workdir, step=args.step)
     if stage.vqgan is None:
         raise ValueError("evaluation decodes frames with the run's VQ-GAN; this model has none")
-    spec = sampler_spec(stage.config, argparse.Namespace(sampler=None, temperature=None,
-                                                         top_k=None, guidance_scale=None))
+    if context < int(stage.config.n_cond):
+        raise ValueError(f"--context={context} is fewer than the model's n_cond="
+                         f"{stage.config.n_cond} conditioning frames")
+    spec = sampler_spec(stage.config, args)
     want = set(proto["metrics"])
     lpips = LPIPS() if "lpips" in want and stage.vq_config.image_size >= 32 else None
     key = jax.random.key(args.seed)
@@ -160,9 +189,16 @@ def run(args) -> dict:
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()
-    for i, (real, actions) in enumerate(pixel_iterator(stage, args, total)):
-        if sum(len(r) for r in reals) >= args.num_videos:
+    batches = pixel_iterator(stage, args, total)
+    for i in range(-(-args.num_videos // args.batch_size)):
+        try:
+            real, actions = next(batches)
+        except StopIteration:
             break
+        except DataError as e:
+            bar.close()
+            raise _clip_length_error(e, total, f"--context + --predict = {context} + {predict} "
+                                     f"(protocol {args.protocol})") from None
         codes = generate.encode_frames(stage.vqgan, real)
         if args.no_actions:
             actions = np.full_like(actions, -1)
@@ -184,8 +220,8 @@ def run(args) -> dict:
     bar.close()
     n = sum(len(v) for v in (per_frame.get("psnr") or reals))
     if n == 0:
-        raise ValueError("the evaluation split gave no videos of the needed length "
-                         f"({total} frames)")
+        pixels = stage.config if stage.config.data.source != "codes" else stage.vq_config
+        raise no_clips_error(pixels.data, args, total)
     result = {"protocol": args.protocol, "context_frames": context, "predicted_frames": predict,
               "num_videos": int(n), "checkpoint_step": stage.step, "checkpoint": stage.source,
               "reference": ("real frames" if args.reference == "real"
@@ -212,24 +248,54 @@ def run(args) -> dict:
                                      "per_chunk": per_chunk},
                          "pooled": fvd_from_features(fr, ff), "frames": total,
                          "note": "I3D (Kinetics-400) logits of the whole videos, context included"}
-    out = Path(args.out or Path(args.workdir) / "eval" / args.protocol)
+        if args.fvd_window:
+            result["fvd_windows"] = fvd_over_time(i3d, np.concatenate(reals)[:n],
+                                                  np.concatenate(fakes)[:n], args.fvd_window)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    _write_text(out / "metrics.json", json.dumps(result, indent=1))
     if curves:
-        (out / "curves.json").write_text(json.dumps({"context_frames": context, **curves}))
+        _write_text(out / "curves.json", json.dumps({"context_frames": context, **curves}))
         videos.plot_curves(out / "curves.png", curves, context,
                            title=f"{args.protocol}, {n} videos, step {stage.step}")
+    if result.get("fvd_windows"):
+        w = result["fvd_windows"]
+        videos.plot_fvd(out / "fvd.png", w["start"], w["fvd"], w["window"], context,
+                         title=f"{args.protocol}, {n} videos, step {stage.step}")
     for j, (ref, fake) in enumerate(saved):
         grid = videos.upscale(videos.side_by_side(ref, fake, context), 2)
         videos.write_video(out / "videos" / f"batch_{j:02d}.mp4", grid)
     return result
 
 
+def fvd_over_time(i3d, real_NTHWC, fake_NTHWC, window: int) -> dict | None:
+    """FVD of each run of `window` consecutive frames (pooled over the videos): how far the
+    generated frames drift from real ones as the rollout goes on. None if the videos are
+    shorter than two windows or the window is shorter than I3D needs."""
+    from teco.metrics import MIN_FRAMES, fvd_from_features
+
+    t = real_NTHWC.shape[1]
+    if window < MIN_FRAMES or t < 2 * window:
+        return None
+    starts = list(range(0, t - window + 1, window))
+    values = [fvd_from_features(i3d.features(real_NTHWC[:, s:s + window]),
+                                i3d.features(fake_NTHWC[:, s:s + window])) for s in starts]
+    return {"window": window, "start": starts, "fvd": values,
+            "note": "pooled FVD of frames [start, start + window) of every video; windows "
+                    "before the context's end compare the context's VQ-GAN reconstructions"}
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Written beside and renamed: an earlier result is replaced whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     try:
         result = run(args)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad input or an unwritable --out: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     shown = {k: v for k, v in result.items()

@@ -10,6 +10,7 @@ set is built once, a finished training is not repeated, a stage whose input chan
     codes/           the VQ codes of every episode (stage-2 input)
     teco/            stage-2 workdir
     samples/         samples.npz and videos/ (real | generated, context outlined green)
+    filmstrip.png    real above generated frames, from the last context frame to the end
     eval/            metrics.json, curves.json, curves.png, videos/
     metrics.json     the evaluation's numbers, copied to the top
 """
@@ -152,6 +153,13 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
     if sample.main(common + [f"--num_videos={preset['sample_videos']}", "--batch_size=2",
                              f"--out={workdir / 'samples'}"]) != 0:
         raise RuntimeError("sampling failed")
+    import numpy as np
+
+    from teco import videos
+
+    with np.load(workdir / "samples" / "samples.npz") as f:
+        strip = videos.filmstrip(workdir / "filmstrip.png", f["real"], f["video"], context)
+    print(f"filmstrip (real above generated, last context frame to the last one) -> {strip}")
 
     clock.start("eval", "eval", f"{preset['eval_videos']} held-out videos -> {workdir / 'eval'}")
     args = teco_eval.parse([f"--workdir={teco_dir}", "--protocol=custom", f"--context={context}",

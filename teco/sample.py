@@ -20,26 +20,57 @@ from pathlib import Path
 import numpy as np
 
 
+def at_least(minimum: int):
+    """argparse type: an integer >= `minimum`; a bad value is one usage error naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="teco.train TECO workdir or teco.convert output")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--step", type=at_least(0), default=None,
+                   help="checkpoint step (default: latest)")
     p.add_argument("--out", default=None)
     p.add_argument("--split", default=None, help="data split (default: the config's eval split)")
     p.add_argument("--data_dir", default=None, help="override the run's config.data.data_dir")
     p.add_argument("--context_npz", default=None, help="codes + actions to condition on instead of data")
-    p.add_argument("--num_videos", type=int, default=4)
-    p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--n_context", type=int, default=None, help="default: config.open_loop_ctx")
-    p.add_argument("--n_new", type=int, default=None, help="default: seq_len - n_context")
+    p.add_argument("--num_videos", type=at_least(1), default=4)
+    p.add_argument("--batch_size", type=at_least(1), default=4)
+    p.add_argument("--n_context", type=at_least(1), default=None,
+                   help="default: config.open_loop_ctx")
+    p.add_argument("--n_new", type=at_least(1), default=None, help="default: eval_seq_len - n_context")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=["draft_revise", "confidence"], default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--guidance_scale", type=float, default=None)
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--upscale", type=int, default=2, help="enlarge frames in the videos")
+    add_sampler_flags(p)
+    p.add_argument("--fps", type=at_least(1), default=8)
+    p.add_argument("--upscale", type=at_least(1), default=2, help="enlarge frames in the videos")
     return p.parse_args(argv)
+
+
+def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    """MaskGit decoding options; each defaults to the run's config key of the same name."""
+    p.add_argument("--sampler", choices=["draft_revise", "confidence"], default=None)
+    p.add_argument("--temperature", type=positive_float, default=None)
+    p.add_argument("--top_k", type=at_least(0), default=None, help="0: no top-k filtering")
+    p.add_argument("--guidance_scale", type=float, default=None,
+                   help="1: action-conditioned logits, 0: unconditioned, >1: stronger actions")
 
 
 def sampler_spec(config, args):
@@ -56,11 +87,7 @@ def context_batches(stage, args, n_context: int, n_new: int):
     from teco import data, generate, sharding
 
     if args.context_npz:
-        with np.load(args.context_npz, allow_pickle=False) as f:
-            codes, actions = f["codes"][:, :n_context], f["actions"]
-        if actions.shape[1] != n_context + n_new:
-            raise ValueError(f"{args.context_npz}: actions cover {actions.shape[1]} frames, "
-                             f"need n_context + n_new = {n_context + n_new}")
+        codes, actions = load_context(args.context_npz, stage, n_context, n_new)
         for i in range(0, min(len(codes), args.num_videos), args.batch_size):
             yield None, codes[i:i + args.batch_size], actions[i:i + args.batch_size]
         return
@@ -69,6 +96,8 @@ def context_batches(stage, args, n_context: int, n_new: int):
     config.seq_len, config.batch_size = n_context + n_new, args.batch_size
     if args.data_dir:
         config.data.data_dir = args.data_dir
+    if config.data.source == "codes":
+        generate.check_code_set(stage, config.data.data_dir)
     import jax
 
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
@@ -84,43 +113,104 @@ def context_batches(stage, args, n_context: int, n_new: int):
                 generate.encode_frames(stage.vqgan, real), actions
 
 
+def load_context(path: str, stage, n_context: int, n_new: int):
+    """codes int32 [B, n_context, h, w] and actions int32 [B, n_context + n_new] from
+    --context_npz, checked against the model; never unpickled."""
+    from teco import generate
+    from teco.video_io import load_npz
+
+    arrays = load_npz(path)
+    missing = [k for k in ("codes", "actions") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: no {' or '.join(map(repr, missing))} array (it holds "
+                         f"{sorted(arrays)}); --context_npz needs codes [B, C, h, w] and actions "
+                         "[B, n_context + n_new]")
+    codes, actions = arrays["codes"], arrays["actions"]
+    generate.check_codes(stage, codes, where=f"{path} 'codes'")
+    if codes.shape[1] < n_context:
+        raise ValueError(f"{path}: 'codes' hold {codes.shape[1]} frames, fewer than "
+                         f"--n_context={n_context}")
+    generate.check_actions(stage, actions, frames=n_context + n_new,
+                           where=f"{path} 'actions' (n_context + n_new = {n_context} + {n_new})")
+    if len(actions) != len(codes):
+        raise ValueError(f"{path}: {len(codes)} videos of codes but {len(actions)} of actions")
+    return codes[:, :n_context].astype(np.int32), actions.astype(np.int32)
+
+
+def no_clips_error(data_config, args, frames: int) -> ValueError:
+    """The evaluation iterators drop a partial batch: too few videos give no batch at all."""
+    where = f"{args.data_dir or data_config.data_dir}/{args.split or data_config.eval_split}"
+    return ValueError(f"{where} holds fewer than --batch_size={args.batch_size} videos of at "
+                      f"least {frames} frames: nothing to read (a partial batch is not used)")
+
+
+def check_out_dir(out: Path) -> None:
+    """Before any slow work: an output path that cannot be a directory fails at once."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     import jax
     from tqdm import tqdm
 
-    from teco import generate, videos
+    from teco import generate
+    from teco.video_io import DataError
 
     try:
+        out = Path(args.out or Path(args.workdir) / "samples")
+        check_out_dir(out)
         stage = generate.load_stage2(args.workdir, step=args.step)
         config = stage.config
-        n_context = args.n_context or int(config.open_loop_ctx)
-        n_new = args.n_new or int(config.seq_len) - n_context
-        if n_context < int(config.n_cond) or n_new < 1:
-            raise ValueError(f"need n_context >= n_cond={config.n_cond} and n_new >= 1, got "
-                             f"{n_context} and {n_new}")
+        n_context = int(config.open_loop_ctx) if args.n_context is None else args.n_context
+        if n_context < int(config.n_cond):
+            raise ValueError(f"--n_context={n_context} is fewer than the model's "
+                             f"n_cond={config.n_cond} conditioning frames")
+        # The authors' sampler makes videos of eval_seq_len frames (context included).
+        length = int(config.get("eval_seq_len", config.seq_len))
+        n_new = length - n_context if args.n_new is None else args.n_new
+        if n_new < 1:
+            raise ValueError(f"--n_context={n_context} leaves no frame to predict within the "
+                             f"run's eval_seq_len={length}: pass --n_new")
         spec = sampler_spec(config, args)
-        out = Path(args.out or Path(args.workdir) / "samples")
         results = {"real": [], "codes": [], "actions": [], "true": []}
         key = jax.random.key(args.seed)
         bar = tqdm(total=args.num_videos, desc=f"sampling {n_new} frames after {n_context}",
                    unit="video")
         start = time.time()
-        for i, (real, codes, actions) in enumerate(context_batches(stage, args, n_context, n_new)):
-            codes_out = np.asarray(generate.generate(stage, codes[:, :n_context], actions,
-                                                     jax.random.fold_in(key, i), n_new=n_new,
-                                                     spec=spec))  # blocks: the bar is honest
-            results["codes"].append(codes_out)
-            results["actions"].append(actions)
-            results["real"].append(real)
-            results["true"].append(codes)
-            bar.update(len(codes_out))
-        bar.close()
+        try:
+            for i, (real, codes, actions) in enumerate(
+                    context_batches(stage, args, n_context, n_new)):
+                codes_out = np.asarray(generate.generate(
+                    stage, codes[:, :n_context], actions, jax.random.fold_in(key, i),
+                    n_new=n_new, spec=spec))  # blocks: the bar is honest
+                results["codes"].append(codes_out)
+                results["actions"].append(actions)
+                results["real"].append(real)
+                results["true"].append(codes)
+                bar.update(len(codes_out))
+        except DataError as e:  # the data say seq_len; here the length is the user's flags
+            total = n_context + n_new
+            raise DataError(str(e).replace(
+                f"shorter than seq_len={total}",
+                f"shorter than --n_context + --n_new = {n_context} + {n_new}")) from None
+        finally:
+            bar.close()  # the error, if any, starts on its own line
         if not results["codes"]:
-            raise ValueError("no videos to condition on (empty split or context file)")
-    except ValueError as e:
+            if args.context_npz:
+                raise ValueError(f"--context_npz {args.context_npz} holds no videos")
+            raise no_clips_error(config.data, args, n_context + n_new)
+        write_samples(stage, args, out, results, n_context, start)
+    except (ValueError, OSError) as e:  # bad input or an unwritable --out: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def write_samples(stage, args, out: Path, results, n_context: int, start: float) -> None:
+    from teco import generate, videos
+
     codes = np.concatenate(results["codes"])[:args.num_videos]
     actions = np.concatenate(results["actions"])[:args.num_videos]
     if stage.vqgan is not None:
@@ -134,8 +224,12 @@ def main(argv=None) -> int:
         video = generate.codes_to_rgb(stage.table, codes)
         real = _pad_future(video[:, :n_context], video.shape[1])
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "samples.npz", video=video, real=real, codes=codes.astype(np.int16),
-                        actions=actions, n_context=n_context, step=stage.step)
+    # Written beside and renamed: a failed write never leaves a truncated samples.npz behind.
+    tmp = out / "samples.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, video=video, real=real, codes=codes.astype(np.int16),
+                            actions=actions, n_context=n_context, step=stage.step)
+    tmp.replace(out / "samples.npz")
     grid = videos.upscale(videos.side_by_side(real, video, n_context), args.upscale)
     videos.write_video(out / "videos" / "grid.mp4", grid, args.fps)
     videos.write_video(out / "videos" / "grid.gif", grid[::2], max(1, args.fps // 2))
@@ -145,7 +239,6 @@ def main(argv=None) -> int:
         videos.write_video(out / "videos" / f"video_{i:03d}.mp4", one, args.fps)
     print(f"{len(video)} videos of {video.shape[1]} frames ({n_context} context) from step "
           f"{stage.step} in {time.time() - start:.0f}s -> {out}")
-    return 0
 
 
 def _pad_future(frames_BTHWC, total: int):

@@ -116,5 +116,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def process_batch_rows(mesh: Mesh, global_batch: int) -> list[int]:
+    """The rows of a global batch that this process's devices hold, in order: what this
+    process loads for `jax.make_array_from_process_local_data(batch_sharding(mesh), ...)`.
+
+    Every row when the data axes stay within the process; processes whose devices are
+    replicas of each other (a model axis across processes) get the same rows.
+    """
+    dp = data_parallel_size(mesh)
+    if global_batch % dp:
+        raise ValueError(f"batch_size={global_batch} is not divisible by the data-parallel "
+                         f"size {dp}")
+    rows = set()
+    for index in batch_sharding(mesh).addressable_devices_indices_map((global_batch,)).values():
+        rows.update(range(*index[0].indices(global_batch)))
+    return sorted(rows)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())

@@ -7,7 +7,9 @@ The authors ship DMLab as `<root>/{train,test}/<shard>/*.npz` (keys `video` uint
 from __future__ import annotations
 
 import os
+import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +39,29 @@ def find_videos(root: str | os.PathLike, split: str) -> list[Path]:
     return files
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a user's .npz, never unpickled: DataError naming the file (and the array)
+    when it is missing, not a zip, truncated, or holds Python objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a valid .npz (zip) file: corrupt or truncated")
+    key = None
     try:
         with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: cannot read npz ({type(e).__name__}: {e})") from None
+            out = {}
+            for key in f.files:
+                out[key] = f[key]
+            return out
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # numpy's refusal to unpickle an object array
+            raise DataError(f"{path}: array '{key}' holds Python objects (dtype=object); data "
+                            "files are never unpickled, store plain numeric arrays") from None
+        raise DataError(f"{path}: cannot read npz array '{key}' ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read npz, corrupt or truncated "
+                        f"({type(e).__name__}: {e})") from None
 
 
 def _load_mp4(path: Path) -> np.ndarray:
@@ -53,8 +70,20 @@ def _load_mp4(path: Path) -> np.ndarray:
     try:
         frames = iio.imread(path, plugin="FFMPEG")
     except Exception as e:  # imageio raises many kinds for a damaged container
-        raise DataError(f"{path}: cannot decode mp4 ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: cannot decode mp4, corrupt or truncated "
+                        f"({_ffmpeg_reason(e)})") from None
     return np.asarray(frames)
+
+
+def _ffmpeg_reason(e: Exception) -> str:
+    """One line out of imageio's error, which carries ffmpeg's whole banner: ffmpeg's last
+    diagnostic ('[component @ 0x...] what'), else its last line."""
+    first, _, stderr = str(e).partition("=== stderr ===")
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    diagnostics = [re.sub(r"^\[[^]]*\]\s*", "", l) for l in lines if l.startswith("[")]
+    reason = first.strip().splitlines()[0] if first.strip() else type(e).__name__
+    last = (diagnostics or lines or [None])[-1]
+    return f"{reason}; ffmpeg: {last}" if last else reason
 
 
 def load_video(path: str | os.PathLike, *, has_actions: bool = True) -> dict[str, np.ndarray]:
@@ -64,7 +93,7 @@ def load_video(path: str | os.PathLike, *, has_actions: bool = True) -> dict[str
     """
     path = Path(path)
     if path.suffix == ".npz":
-        data = _load_npz(path)
+        data = load_npz(path)
         if "video" not in data:
             raise DataError(f"{path}: npz has no 'video' array (keys: {sorted(data)})")
         video = data["video"]
@@ -74,7 +103,7 @@ def load_video(path: str | os.PathLike, *, has_actions: bool = True) -> dict[str
         actions = None
         sibling = path.with_suffix(".npz")
         if sibling.exists():
-            actions = _load_npz(sibling).get("actions")
+            actions = load_npz(sibling).get("actions")
     else:
         raise DataError(f"{path}: not a .npz or .mp4 video")
     if video.ndim != 4 or video.shape[-1] != 3:
@@ -98,5 +127,7 @@ def check_episode(ep: dict[str, np.ndarray], *, name: str, image_size: int | Non
     if image_size is not None and key == "video" and tuple(x.shape[1:3]) != (image_size, image_size):
         raise DataError(f"{name}: frames are {x.shape[1]}x{x.shape[2]}, the config expects "
                         f"{image_size}x{image_size} (data.image_size)")
+    if x.shape[0] == 0:
+        raise DataError(f"{name}: video has no frames")
     if x.shape[0] < min_length:
         raise DataError(f"{name}: video has {x.shape[0]} frames, shorter than seq_len={min_length}")

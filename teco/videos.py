@@ -90,3 +90,71 @@ def plot_curves(path: str | os.PathLike, curves: dict[str, np.ndarray], n_contex
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_fvd(path: str | os.PathLike, starts, values, window: int, n_context: int,
+             title: str = "") -> Path:
+    """FVD per window of frames against the frame index, the end of the context marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    centres = np.asarray(starts, np.float64) + window / 2
+    ax.plot(centres, np.asarray(values, np.float64), "o-", lw=1.5)
+    ax.axvline(n_context + 0.5, color="green", ls="--", lw=1, label="end of context")
+    ax.set_xlabel(f"frame (centre of each {window}-frame window)")
+    ax.set_ylabel("FVD")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray,
+              n_context: int, *, n_columns: int = 8, scale: int = 2) -> Path:
+    """A still picture of rollouts: for each video a row of real frames above the generated
+    ones at the same times, from the last context frame to the last generated one (labelled
+    with their frame index), so one look shows whether late frames still show the same place."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if real_BTHWC.shape != fake_BTHWC.shape or real_BTHWC.ndim != 5:
+        raise ValueError(f"real {real_BTHWC.shape} and generated {fake_BTHWC.shape} must be "
+                         "equal [B, T, H, W, 3]")
+    b, t = real_BTHWC.shape[:2]
+    if not 0 < n_context < t:
+        raise ValueError(f"n_context={n_context} must be in [1, {t - 1}]")
+    times = np.unique(np.linspace(n_context - 1, t - 1, n_columns).round().astype(int))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = real_BTHWC.shape[2:4]
+    fig, axes = plt.subplots(2 * b, len(times), squeeze=False,
+                             figsize=(len(times) * w * scale / 100, 2 * b * h * scale / 100 + 0.4))
+    for i in range(b):
+        for j, k in enumerate(times):
+            for r, (frames, name) in enumerate(((real_BTHWC, "real"), (fake_BTHWC, "generated"))):
+                ax = axes[2 * i + r, j]
+                ax.imshow(frames[i, k], interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                colour = "green" if k < n_context else ("black" if r == 0 else "red")
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(colour), spine.set_linewidth(2)
+                if i == 0 and r == 0:
+                    ax.set_title(f"frame {k + 1}" + (" (context)" if k < n_context else ""),
+                                 fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(f"{name} #{i}", fontsize=7)
+    fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -224,3 +224,14 @@ def test_config_errors_name_the_key():
     c = load_config("configs/dmlab.py")
     with pytest.raises(AttributeError):
         c.new_key = 1  # locked: a typo in code cannot add keys either
+
+
+def test_skipping_stops_when_every_file_is_bad(tmp_path, mesh):
+    """on_bad_file='skip' over a split with nothing usable: a DataError, not an endless loop."""
+    write_dmlab_release(tmp_path, n_train=3, n_test=1)
+    for path in (tmp_path / "train").rglob("*.npz"):
+        np.savez(path, video=frame_video(4), actions=np.zeros(4))   # all shorter than seq_len
+    cfg = config_for("authors", tmp_path, batch_size=8, on_bad_file="skip")
+    it = data.make_iterator(cfg, mesh, split="train", train=True)
+    with pytest.raises(DataError, match=r"skipped 3 bad files in a row \(3 in the split"):
+        next(it)

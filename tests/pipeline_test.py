@@ -20,6 +20,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         assert f["video"].shape == (2, 10, 16, 16, 3) and f["video"].dtype == np.uint8
         assert int(f["n_context"]) == 2
     assert (tmp_path / "samples" / "videos" / "grid.gif").stat().st_size > 0
+    assert (tmp_path / "filmstrip.png").stat().st_size > 0
     for stage in ("vqgan", "teco"):
         assert list((tmp_path / stage).glob("events.out.tfevents*")), stage
     # A second run finds every training stage finished and the codes up to date.

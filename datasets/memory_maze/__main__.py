@@ -9,6 +9,7 @@ must not import tensorflow_datasets.
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -23,8 +24,12 @@ def main(argv=None) -> int:
     from datasets.memory_maze import memory_maze_dataset_builder as builder_lib
 
     try:
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, got {args.workers}")
+        if Path(args.data_dir).exists() and not Path(args.data_dir).is_dir():
+            raise ValueError(f"--data_dir {args.data_dir} is a file, not a directory")
         builder = builder_lib.build(args.data_dir, args.config, workers=args.workers)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # unknown config, unwritable data_dir: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     info = builder.info

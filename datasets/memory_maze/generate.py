@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
+import io
 import itertools
 import logging
 import multiprocessing
@@ -77,7 +79,9 @@ def make_env(seed: int = 0, fast: bool = True):
     fast=True drops the goal spheres' per-substep touch checks (see `set_target_checks`).
     """
     _set_render_env()
-    from memory_maze import tasks
+    # memory-maze imports gym 0.26, which prints an upgrade notice to stderr on import.
+    with contextlib.redirect_stderr(io.StringIO()):
+        from memory_maze import tasks
 
     env = tasks.memory_maze_9x9(
         seed=seed, global_observables=True, camera_resolution=FRAME_SIZE,
@@ -272,8 +276,17 @@ def compare_fast_to_stock(seed: int, length: int) -> dict:
 _WORKER_ENV = None
 
 
+def _quiet_dm_control() -> None:
+    # dm_control warns on every episode reset that the maze's fixed props have no free joint.
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_logger().addFilter(
+        lambda record: "Cannot set velocity on Entity with no free joint" not in str(record.msg))
+
+
 def _worker_init(fast: bool) -> None:
     global _WORKER_ENV
+    _quiet_dm_control()
     _WORKER_ENV = make_env(0, fast=fast)
 
 

@@ -41,6 +41,9 @@ class TecoTask:
         # The frozen table TECO reads: the VQ-GAN's embedding of every code.
         self.vq_table = np.asarray(vqgan.quantizer.lookup(jnp.arange(self.vq_n_codes)))
         self.on_codes = config.data.source == "codes"
+        if self.on_codes:  # codes of another tokenizer would fail deep inside the compiled step
+            from teco.generate import check_code_dir
+            check_code_dir(config.data.data_dir, facts["n_codes"], facts["latent_size"])
         self.batch_keys = ("codes" if self.on_codes else "video", "actions")
         self.frames_per_example = int(config.seq_len)
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))

@@ -1,0 +1,53 @@
+"""Pictures a person looks at: the rollout filmstrip and its input checks."""
+import numpy as np
+import pytest
+
+from teco import videos
+
+
+def test_filmstrip_writes_a_png(tmp_path):
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 255, (2, 12, 8, 8, 3), dtype=np.uint8)
+    path = videos.filmstrip(tmp_path / "strip.png", real, real[:, ::-1].copy(), 4, n_columns=5)
+    import imageio.v3 as iio
+
+    image = iio.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > image.shape[0] / 2
+
+
+@pytest.mark.parametrize("n_context", [0, 12])
+def test_filmstrip_rejects_a_context_outside_the_video(tmp_path, n_context):
+    real = np.zeros((1, 12, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="n_context"):
+        videos.filmstrip(tmp_path / "x.png", real, real, n_context)
+
+
+def test_filmstrip_rejects_mismatched_videos(tmp_path):
+    with pytest.raises(ValueError, match="must be equal"):
+        videos.filmstrip(tmp_path / "x.png", np.zeros((1, 4, 8, 8, 3), np.uint8),
+                         np.zeros((1, 5, 8, 8, 3), np.uint8), 2)
+
+
+class MeanColourFeatures:
+    """Stands in for I3D: per-video features from pixel statistics (no weights needed)."""
+
+    def features(self, videos):
+        v = np.asarray(videos, np.float64)
+        return np.concatenate([v.mean(axis=(1, 2, 3)), v.std(axis=(1, 2, 3))], axis=1)
+
+
+def test_fvd_over_time_grows_where_the_videos_part(tmp_path):
+    from teco.eval import fvd_over_time
+
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 255, (6, 40, 4, 4, 3), dtype=np.uint8)
+    fake = real.copy()
+    fake[:, 20:] = rng.integers(0, 255, (6, 20, 4, 4, 3), dtype=np.uint8) // 4
+    w = fvd_over_time(MeanColourFeatures(), real, fake, 10)
+    assert w["start"] == [0, 10, 20, 30] and w["window"] == 10
+    assert w["fvd"][0] == pytest.approx(0, abs=1e-4) and w["fvd"][1] == pytest.approx(0, abs=1e-4)
+    assert min(w["fvd"][2:]) > 100
+    assert fvd_over_time(MeanColourFeatures(), real, fake, 21) is None   # fewer than 2 windows
+    assert fvd_over_time(MeanColourFeatures(), real, fake, 4) is None    # shorter than I3D needs
+    path = videos.plot_fvd(tmp_path / "fvd.png", w["start"], w["fvd"], 10, 20)
+    assert path.stat().st_size > 0
