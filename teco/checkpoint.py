@@ -7,16 +7,23 @@ Workdir layout:
                                      position, JSON)
 The last `keep` checkpoints are kept, plus the one with the best eval metric (the task's
 `best_metric`, lower is better). Resuming restores the latest.
+
+Orbax writes a checkpoint into `<step>.orbax-checkpoint-tmp/` and renames it to `<step>/` once
+every file is complete, so a process killed mid-save leaves only a temporary directory, which
+`latest_step` never lists and the trainer's manager deletes when it starts.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 
 CONFIG_FILE = "config.json"
@@ -35,6 +42,63 @@ def save_config(workdir: str | Path, config) -> None:
         tmp.replace(path)
 
 
+# Keys that only set how often the trainer logs, evaluates and saves, or how long it runs: a
+# resumed run may change them without --allow_config_change. (total_steps also moves the end of
+# the cosine schedule: extending a finished run raises the learning rate again. The data
+# pipeline's worker_count is not here: the saved data position depends on it.)
+RESUMABLE_KEYS = frozenset({
+    "total_steps", "log_interval", "log_eval_interval", "viz_interval", "save_interval",
+    "save_interval_secs", "keep_checkpoints", "progress_interval_secs", "eval_batches"})
+
+
+class ConfigMismatch(ValueError):
+    """A workdir's checkpoints were written by a config that differs from the given one."""
+
+
+def _flat(tree, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(old: dict, new) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (old, new)} over every key of either config, compared as JSON (tuples and
+    lists are equal); a key missing on one side is shown as '(absent)'."""
+    if not isinstance(new, dict):
+        new = json.loads(new.to_json_best_effort(sort_keys=True))
+    old, new = _flat(json.loads(json.dumps(old))), _flat(json.loads(json.dumps(new)))
+    absent = "(absent)"
+    return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(set(old) | set(new))
+            if old.get(k, absent) != new.get(k, absent)}
+
+
+def check_config(workdir: str | Path, config, *, allow_change: bool = False) -> dict:
+    """Refuses (ConfigMismatch, one line listing `key: old -> new`) to resume a workdir whose
+    checkpoints were written with a different config, apart from `RESUMABLE_KEYS`.
+
+    allow_change=True resumes anyway (a warning lists the changes). A workdir without
+    checkpoints has nothing to resume: its config.json is simply replaced. Returns the changes.
+    """
+    workdir = Path(workdir)
+    path = workdir / CONFIG_FILE
+    if not path.is_file() or not finalized_steps(workdir):
+        return {}
+    changes = config_changes(json.loads(path.read_text()), config)
+    strict = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS}
+    listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in strict.items())
+    if strict and not allow_change:
+        raise ConfigMismatch(
+            f"{workdir} holds checkpoints of a different config ({path.name}); changed: {listed}. "
+            "Use another --workdir, or pass --allow_config_change to resume with the new values")
+    if strict:
+        logging.warning("resuming %s with a changed config (--allow_config_change): %s",
+                        workdir, listed)
+    return changes
+
+
 def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
@@ -47,9 +111,20 @@ def load_config(workdir: str | Path) -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------- manager
 
 
+def finalized_steps(workdir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints on disk (orbax's temporary directories excluded)."""
+    root = Path(workdir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None = None,
-                 read_only: bool = False) -> ocp.CheckpointManager:
-    """Keeps the latest `keep` checkpoints plus the best one by `best_metric` (minimum)."""
+                 read_only: bool = False, cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+    """Keeps the latest `keep` checkpoints plus the best one by `best_metric` (minimum).
+
+    cleanup_tmp=True deletes the temporary directories of saves that never finished (only the
+    workdir's one writer, the trainer, may ask: another writer's save may be in flight)."""
     pp = ocp.checkpoint_managers
     policies = [pp.LatestN(n=max(1, int(keep)))]
     best_fn = None
@@ -59,7 +134,8 @@ def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None 
                                  keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else pp.AnyPreservationPolicy(policies),
-        best_fn=best_fn, best_mode="min", read_only=read_only, create=not read_only)
+        best_fn=best_fn, best_mode="min", read_only=read_only, create=not read_only,
+        cleanup_tmp_directories=cleanup_tmp and not read_only)
     return ocp.CheckpointManager(
         Path(workdir).absolute() / CHECKPOINT_DIR, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -72,6 +148,107 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict | No
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state or {}))
     manager.save(step, args=args, metrics=metrics, force=True)
+
+
+class WriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, quota, permissions, I/O); the message names
+    the step, the directory and the latest complete checkpoint."""
+
+
+def _reason(error: BaseException) -> str:
+    """One short line for an orbax / tensorstore / OS failure (tensorstore reports errno in text)."""
+    if isinstance(error, OSError) and error.errno:
+        return f"{os.strerror(error.errno)} (errno {error.errno})"
+    text = str(error)
+    found = re.search(r"os_error_code='?(\d+)", text)
+    if found:
+        code = int(found.group(1))
+        return f"{os.strerror(code)} (errno {code})"
+    line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return line if len(line) <= 200 else line[:200] + "..."
+
+
+class Saver:
+    """Asynchronous saves through `manager` whose failures name their step.
+
+    Orbax writes in background threads and reports a failed write only when it next waits
+    (before the following save, or at the end): `save` waits for the previous save first, so
+    every failure surfaces as one WriteError naming the step that failed.
+    """
+
+    # OSError from Python writes, ValueError from tensorstore (errno in its text), RuntimeError
+    # from orbax's own threads; anything else is a bug and keeps its traceback.
+    _WRITE_ERRORS = (OSError, ValueError, RuntimeError)
+
+    def __init__(self, manager: ocp.CheckpointManager):
+        self.manager, self.pending = manager, None
+
+    def save(self, step: int, state, data_state: dict | None, metrics=None) -> None:
+        self.wait()
+        try:
+            save(self.manager, step, state, data_state, metrics=metrics)
+        except self._WRITE_ERRORS as e:
+            raise self._error(step, e) from e
+        self.pending = step
+
+    def wait(self) -> None:
+        """Blocks until the save in flight is complete on disk; WriteError if it failed."""
+        step, self.pending = self.pending, None
+        if step is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except self._WRITE_ERRORS as e:
+            raise self._error(step, e) from e
+
+    def abandon(self) -> None:
+        """While another error propagates: lets a save in flight finish, ignoring its failure
+        (the first error is the one to report)."""
+        if self.pending is not None:
+            self.pending = None
+            try:
+                self.manager.wait_until_finished()
+            except Exception:  # noqa: BLE001 - reported by the error already propagating
+                pass
+
+    def latest(self) -> int | None:
+        """The latest checkpoint saved or being saved."""
+        return self.manager.latest_step()
+
+    def _error(self, step: int, error: BaseException) -> WriteError:
+        directory = Path(self.manager.directory)
+        intact = [s for s in finalized_steps(directory.parent) if s < step]
+        if intact:
+            what = (f"the checkpoint of step {intact[-1]} is intact: free space (or fix the "
+                    "error) and rerun the same command to resume from it")
+        else:
+            what = "no earlier checkpoint exists: a rerun starts from step 0"
+        return WriteError(f"could not write the checkpoint of step {step} to {directory}: "
+                          f"{_reason(error)}; {what}")
+
+
+def quiet_abandoned_writes() -> None:
+    """Silences what orbax's abandoned per-array writes print after a failed save (the trainer
+    reports the failure once, as a WriteError): "Future exception was never retrieved" (asyncio's
+    log), "Event loop is closed" (unraisable, from tensorstore callbacks), and an un-awaited
+    coroutine warning, each with a traceback. Nothing else is silenced."""
+    import logging as std_logging
+    import sys
+    import warnings
+
+    std_logging.getLogger("asyncio").addFilter(
+        lambda record: "exception was never retrieved" not in str(record.msg))
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited",
+                            category=RuntimeWarning)
+    previous = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        leftover = str(info.exc_value) in ("Event loop is closed",
+                                           "cannot schedule new futures after shutdown")
+        if not (isinstance(info.exc_value, RuntimeError) and leftover):
+            previous(info)
+
+    sys.unraisablehook = unraisable
 
 
 def abstract_with_shardings(abstract_tree, shardings):

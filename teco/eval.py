@@ -202,9 +202,10 @@ def run(args) -> dict:
         codes = generate.encode_frames(stage.vqgan, real)
         if args.no_actions:
             actions = np.full_like(actions, -1)
-        out = np.asarray(generate.generate(stage, codes[:, :context], actions,
-                                           jax.random.fold_in(key, i), n_new=predict, spec=spec))
-        fake = generate.decode_codes(stage.vqgan, out)
+        new_codes = np.asarray(generate.generate(stage, codes[:, :context], actions,
+                                                 jax.random.fold_in(key, i), n_new=predict,
+                                                 spec=spec))
+        fake = generate.decode_codes(stage.vqgan, new_codes)
         ref = real if args.reference == "real" else generate.decode_codes(stage.vqgan, codes)
         if per_frame:
             which = tuple(k for k in per_frame if k != "lpips" or lpips is not None)

@@ -30,10 +30,13 @@ PRESETS = {
     # and eval sizes, and the minutes each stage took on a quiet 2-core CPU machine (for the ETA).
     "demo": dict(data=("memory_maze", "small"), vqgan="configs/memory_maze_vqgan.py",
                  teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=900,
+                 # a held-out evaluation every ~3 minutes is enough to watch a short run
+                 vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=300),
                  context=36, predict=64, eval_videos=8, sample_videos=4,
-                 minutes=dict(data=4.0, vqgan=9.0, encode=2.0, teco=17.0, sample=1.5, eval=2.0)),
+                 minutes=dict(data=3.0, vqgan=9.0, encode=2.0, teco=19.0, sample=1.0, eval=4.5)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
+                 vqgan_over={}, teco_over={},
                  context=2, predict=8, eval_videos=2, sample_videos=2,
                  minutes=dict(data=0.1, vqgan=0.3, encode=0.1, teco=0.4, sample=0.2, eval=0.3)),
 }
@@ -118,7 +121,8 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
     data_name = build_data(preset, data_dir)
 
     vq_dir = workdir / "vqgan"
-    vq_config = stage_config(preset["vqgan"], data_name, data_dir, preset["vqgan_steps"])
+    vq_config = stage_config(preset["vqgan"], data_name, data_dir, preset["vqgan_steps"],
+                             **preset["vqgan_over"])
     clock.start("vqgan", "VQ-GAN", f"{vq_config.total_steps} steps -> {vq_dir}")
     if finished(vq_dir, vq_config.total_steps):
         print("reusing the finished VQ-GAN")
@@ -138,7 +142,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
 
     teco_dir = workdir / "teco"
     teco_config = stage_config(preset["teco"], data_name, codes_dir, preset["teco_steps"],
-                               vqvae_ckpt=str(vq_dir))
+                               vqvae_ckpt=str(vq_dir), **preset["teco_over"])
     teco_config.data.source = "codes"
     clock.start("teco", "TECO", f"{teco_config.total_steps} steps -> {teco_dir}")
     if finished(teco_dir, teco_config.total_steps):
@@ -157,7 +161,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
 
     from teco import videos
 
-    with np.load(workdir / "samples" / "samples.npz") as f:
+    with np.load(workdir / "samples" / "samples.npz", allow_pickle=False) as f:
         strip = videos.filmstrip(workdir / "filmstrip.png", f["real"], f["video"], context)
     print(f"filmstrip (real above generated, last context frame to the last one) -> {strip}")
 
@@ -178,12 +182,19 @@ def main(argv=None) -> int:
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--data_dir", default=None, help="where data sets live (default: <workdir>/data)")
     args = p.parse_args(argv)
+    from teco import train
     from teco.train import quiet_library_logs
 
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     try:
         run(Path(args.workdir), args.preset, Path(args.data_dir) if args.data_dir else None)
+    except train.Interrupted as e:  # preempted inside a training stage: saved, resumable
+        print(str(e), file=sys.stderr)
+        return 0
+    except FloatingPointError as e:  # non-finite loss with on_nonfinite='stop'
+        print(f"error: {e}", file=sys.stderr)
+        return train.EXIT_NONFINITE
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

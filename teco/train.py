@@ -5,14 +5,25 @@
 
 `main` only parses flags; the loop is `train_and_evaluate(config, workdir)`. A workdir that holds
 checkpoints is resumed (state, optimizer, RNG and the data position), so re-running the same
-command after an interruption continues where it stopped.
+command after an interruption continues where it stopped, bit for bit. A workdir resumes only
+with the config that wrote it (cadence and run-length keys aside; `--allow_config_change`).
+
+SIGTERM (what TPU VMs and SLURM send before taking a machine) and Ctrl-C finish the step in
+flight, write a checkpoint and exit 0; a second one acts at once. Exit codes of `main`:
+    0  finished, or stopped by SIGTERM / Ctrl-C after writing a checkpoint
+    2  bad config, data or workdir (one line naming what is wrong)
+    3  a checkpoint could not be written (disk full, I/O); the earlier ones are intact
+    4  non-finite loss with config.on_nonfinite='stop' (the message names the step, the loss
+       terms and the last good checkpoint)
 """
 from __future__ import annotations
 
 import collections
 import logging as std_logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +35,8 @@ from absl import app, flags, logging
 from teco import checkpoint, sharding
 from teco.tasks import get_task
 
+EXIT_USER_ERROR, EXIT_CHECKPOINT_FAILED, EXIT_NONFINITE = 2, 3, 4
+
 # Environment variables that mean "one process of a multi-process job".
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
                   "TPU_WORKER_HOSTNAMES", "MEGASCALE_NUM_SLICES")
@@ -34,6 +47,7 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
 
     mode 'on' / 'off' force it; 'auto' looks for a cluster launcher's variables (SLURM with more
     than one task, Open MPI, a coordinator address, a multi-host TPU slice). Returns whether it ran.
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set everything by hand.
     """
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"--multihost must be auto, on or off, got {mode!r}")
@@ -50,7 +64,15 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
         return value.isdigit() and int(value) > 1
 
     if mode == "on" or any(more_than_one(k) for k in _MULTIHOST_ENV):
-        jax.distributed.initialize()
+        # Without a cluster launcher JAX cannot detect the rank and process count (several
+        # processes on one machine): JAX_NUM_PROCESSES / JAX_PROCESS_ID give them.
+        kwargs = {}
+        for arg, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+            if env.get(key, "").strip():
+                if not env[key].strip().isdigit():
+                    raise ValueError(f"{key} must be a non-negative integer, got {env[key]!r}")
+                kwargs[arg] = int(env[key])
+        jax.distributed.initialize(**kwargs)
         logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
         return True
     return False
@@ -129,11 +151,16 @@ def make_eval_step(task, mesh, state_shardings):
     return lambda state, batch, consts: step(state, batch, consts, task)
 
 
-def check_loss(step: int, loss: float, on_nonfinite: str, context: str = "") -> None:
-    """Raises FloatingPointError naming `step` if `loss` is not finite and the mode is 'stop'."""
+def check_loss(step: int, loss: float, on_nonfinite: str, context: str = "",
+               terms: dict[str, float] | None = None) -> None:
+    """Raises FloatingPointError naming `step` and the non-finite `terms` (the step's metrics)
+    if `loss` is not finite and the mode is 'stop'."""
     if not np.isfinite(loss) and on_nonfinite == "stop":
+        terms = sorted((terms or {}).items(), key=lambda kv: kv[0] != "loss")  # loss first
+        bad = [f"{k}={v}" for k, v in terms if not np.isfinite(v)]
         raise FloatingPointError(
             f"non-finite loss ({loss}) at step {step} (config.on_nonfinite='stop')"
+            + (f"; non-finite terms: {', '.join(bad)}" if bad else "")
             + (f"; {context}" if context else ""))
 
 
@@ -185,14 +212,102 @@ class _Progress:
         self.last_t, self.last_step = now, step
 
 
+# ----------------------------------------------------------------------------- stopping
+
+
+class Interrupted(RuntimeError):
+    """Training stopped on SIGTERM / SIGINT after writing a checkpoint of `step`."""
+
+    def __init__(self, signal_name: str, step: int, path: str):
+        super().__init__(f"{signal_name} at step {step}: checkpoint written to {path}, exiting "
+                         "(rerun the same command to resume)")
+        self.signal_name, self.step, self.path = signal_name, step, path
+
+
+class _StopRequests:
+    """SIGTERM and SIGINT -> stop after the step in flight, the same step on every process.
+
+    One process: a handler sets a flag read after every step (no collective). Several processes
+    with JAX's preemption service (on by default after jax.distributed.initialize): the service
+    owns SIGTERM (a Python handler would replace its own), tells every process and picks one
+    step where `reached_preemption_sync_point` (a local check, called every step with the steps
+    taken so far, so a notice before the first step stops after it) is true everywhere. Several
+    processes without it: the flag is combined at log steps, in the all-gather that agrees on
+    the checkpoint clock (a stop may take up to log_interval steps). Ctrl-C is handled in
+    one-process runs only. Handlers live for the loop (main thread only); the first signal
+    restores the previous ones, so a second acts at once (a second Ctrl-C: KeyboardInterrupt).
+    """
+
+    def __init__(self):
+        self.received, self.previous = None, {}
+        self.multi = jax.process_count() > 1
+        self.service = self.multi and bool(jax.config.jax_enable_preemption_service)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            signums = [] if self.service else [signal.SIGTERM]
+            signums += [] if self.multi else [signal.SIGINT]
+            for signum in signums:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+        self._restore()
+
+    def _restore(self):
+        for signum, handler in self.previous.items():
+            # None: a handler not installed from Python; the default is the closest we can give.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self._restore()
+
+    def local(self, steps_taken: int) -> bool:
+        """The check made after every step (never a collective)."""
+        if not self.multi:
+            return self.received is not None
+        if self.service:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(steps_taken):
+                self.received = self.received or "SIGTERM"
+                return True
+        return False
+
+    def shared_flag(self) -> bool:
+        """This process's vote at log steps (multi-process runs without the service)."""
+        return self.multi and not self.service and self.received is not None
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _agree(*flags: bool) -> tuple[bool, ...]:
+    """Every process gets True where any process said True (one small all-gather)."""
+    if jax.process_count() == 1:
+        return tuple(bool(f) for f in flags)
+    from jax.experimental import multihost_utils
+
+    votes = np.asarray(multihost_utils.process_allgather(np.asarray(flags, np.int32)))
+    return tuple(bool(v) for v in votes.reshape(-1, len(flags)).max(axis=0))
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     """Trains `config.model` into `workdir` (resuming if it holds checkpoints).
 
     Returns {'start_step' (where this call began), 'step', 'train': last logged train averages,
-    'eval': last eval summary}.
+    'eval': last eval summary}. Raises `checkpoint.ConfigMismatch` (a ValueError) if the
+    workdir's checkpoints come from another config and `allow_config_change` is False,
+    `Interrupted` after a SIGTERM / SIGINT checkpoint, `checkpoint.WriteError` if a checkpoint
+    cannot be written, FloatingPointError on a non-finite loss with on_nonfinite='stop'.
     """
     from clu import metric_writers
 
@@ -205,16 +320,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if validate is not None:
         validate(config, jax.device_count())
     workdir = Path(workdir)
+    checkpoint.check_config(workdir, config, allow_change=allow_config_change)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(config.mesh)
     task = get_task(config)
+    if hasattr(task, "check_inputs"):  # a task may check its data before anything compiles
+        task.check_inputs()
     total = int(config.total_steps)
     frames_per_step = int(config.batch_size) * int(task.frames_per_example)
 
     # Resume order: (1) the train state, (2) the data iterator's position, both from the latest
     # checkpoint; (3) the loop continues at state.step. Nothing is initialised when resuming.
     manager = checkpoint.make_manager(workdir, keep=config.keep_checkpoints,
-                                      best_metric=task.best_metric)
+                                      best_metric=task.best_metric, cleanup_tmp=True)
     train_iter = data.make_iterator(config, mesh, split=config.data.train_split, train=True)
     rng = jax.random.PRNGKey(int(config.seed))
     abstract = jax.eval_shape(task.init_state, rng)
@@ -241,15 +359,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     progress = _Progress(total, float(config.get("progress_interval_secs", 10.0)), frames_per_step)
     window = collections.defaultdict(list)
     result = {"start_step": int(state.step), "step": int(state.step), "train": {}, "eval": {}}
-    timer = {"t": None, "step": None, "saved": time.time()}
+    timer = {"t": None, "step": None, "saved": _now()}
+    saver = checkpoint.Saver(manager)
     n_skipped = 0
 
     def absorb(step: int, metrics) -> None:
         """Host side of step `step` (1-based count of updates): NaN check, averages, progress."""
         nonlocal n_skipped
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        check_loss(step, m["loss"], config.on_nonfinite,
-                   f"latest checkpoint: step {manager.latest_step()} in {workdir}")
+        if not np.isfinite(m["loss"]):
+            last = saver.latest()
+            check_loss(step, m["loss"], config.on_nonfinite,
+                       f"the last good checkpoint is step {last} in {manager.directory}"
+                       if last is not None else "no checkpoint written yet", terms=m)
         if m.get("skipped", 0.0) > 0:
             n_skipped += 1
             logging.warning("step %d: non-finite loss, update skipped (%d so far)", step, n_skipped)
@@ -271,63 +393,72 @@ def train_and_evaluate(config, workdir: str) -> dict:
             window.clear()
 
     pending = None
-    step = int(state.step)
+    step = start = int(state.step)
     try:
-        while step < total:
-            phase = task.phase(step)
-            if phase not in steps:
-                steps[phase] = make_train_step(task, mesh, state_sh, phase,
-                                               on_nonfinite=config.on_nonfinite)
-            batch = next(train_iter)
-            state, metrics = steps[phase](state, batch, consts)
-            step += 1
-            # Async dispatch: step `step` is queued; now read the previous step's metrics.
+        with _StopRequests() as stop_requests:
+            while step < total:
+                phase = task.phase(step)
+                if phase not in steps:
+                    steps[phase] = make_train_step(task, mesh, state_sh, phase,
+                                                   on_nonfinite=config.on_nonfinite)
+                batch = next(train_iter)
+                state, metrics = steps[phase](state, batch, consts)
+                step += 1
+                # Async dispatch: step `step` is queued; now read the previous step's metrics.
+                if pending is not None:
+                    absorb(*pending)
+                pending = (step, metrics)
+
+                do_eval = step % int(config.log_eval_interval) == 0 or step == total
+                do_viz = step % int(config.viz_interval) == 0
+                stop = stop_requests.local(step - start)
+                time_due = False
+                # The checkpoint clock (and, without JAX's preemption service, the stop flag)
+                # is read on log steps only: one all-gather there on multi-process runs.
+                if step % int(config.log_interval) == 0:
+                    secs = float(config.save_interval_secs)
+                    time_due, shared_stop = _agree(
+                        bool(secs) and _now() - timer["saved"] >= secs,
+                        stop_requests.shared_flag())
+                    stop = stop or shared_stop
+                stop = stop and step < total   # the last step ends the run anyway
+                do_save = (step % int(config.save_interval) == 0 or step == total or do_eval
+                           or time_due or stop)
+                if not (do_eval or do_viz or do_save):
+                    continue
+                absorb(*pending)  # never evaluate or save a state whose loss was not checked
+                pending = None
+                eval_summary, eval_batch = None, None
+                if do_eval or do_viz:
+                    eval_summary, eval_batch = evaluate(task, eval_step, state, consts, config,
+                                                        mesh, n_batches=None if do_eval else 0)
+                if do_eval:
+                    writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_summary.items()})
+                    result["eval"] = eval_summary
+                    logging.info("eval at step %d: %s", step,
+                                 "  ".join(f"{k} {v:.4g}" for k, v in eval_summary.items()))
+                if do_viz:
+                    images = to_host(task.visualize(state, eval_batch, consts))
+                    writer.write_images(step, {k: np.asarray(v) for k, v in images.items()})
+                if do_save:
+                    saver.save(step, state, train_iter.get_state(),
+                               metrics=eval_summary if do_eval and eval_summary else None)
+                    timer["saved"] = _now()
+                if stop:
+                    saver.wait()
+                    raise Interrupted(stop_requests.received or "SIGTERM", step,
+                                      f"{manager.directory}/{step}")
             if pending is not None:
                 absorb(*pending)
-            pending = (step, metrics)
-
-            do_eval = step % int(config.log_eval_interval) == 0 or step == total
-            do_viz = step % int(config.viz_interval) == 0
-            # The clock is read on log steps only (a collective on multi-host runs).
-            do_save = (step % int(config.save_interval) == 0 or step == total or do_eval
-                       or (step % int(config.log_interval) == 0
-                           and _time_to_save(timer["saved"], config.save_interval_secs)))
-            if not (do_eval or do_viz or do_save):
-                continue
-            absorb(*pending)  # never evaluate or save a state whose loss was not checked
-            pending = None
-            eval_summary, eval_batch = None, None
-            if do_eval or do_viz:
-                eval_summary, eval_batch = evaluate(task, eval_step, state, consts, config, mesh,
-                                                    n_batches=None if do_eval else 0)
-            if do_eval:
-                writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_summary.items()})
-                result["eval"] = eval_summary
-                logging.info("eval at step %d: %s", step,
-                             "  ".join(f"{k} {v:.4g}" for k, v in eval_summary.items()))
-            if do_viz:
-                images = to_host(task.visualize(state, eval_batch, consts))
-                writer.write_images(step, {k: np.asarray(v) for k, v in images.items()})
-            if do_save:
-                checkpoint.save(manager, step, state, train_iter.get_state(),
-                                metrics=eval_summary if do_eval else None)
-                timer["saved"] = time.time()
-        if pending is not None:
-            absorb(*pending)
+            saver.wait()   # the last checkpoint is complete on disk before returning
+    except BaseException:
+        saver.abandon()
+        raise
     finally:
-        manager.wait_until_finished()
         writer.flush()
         writer.close()
     result["step"] = step
     return result
-
-
-def _time_to_save(last_saved: float, interval_secs: float) -> bool:
-    due = bool(interval_secs) and time.time() - last_saved >= float(interval_secs)
-    if jax.process_count() > 1:  # every process must take the same decision
-        from jax.experimental import multihost_utils
-        due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-    return due
 
 
 # ----------------------------------------------------------------------------- command line
@@ -341,35 +472,57 @@ def _define_flags():
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and config.json.")
     flags.DEFINE_enum("multihost", "auto", ["auto", "on", "off"],
                       "jax.distributed.initialize(): auto-detected from the launcher's environment.")
+    flags.DEFINE_bool("allow_config_change", False,
+                      "Resume a workdir whose checkpoints were written with a different config.")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 def quiet_library_logs() -> None:
-    """Keeps the terminal readable: orbax and tfds log every save/read at INFO level."""
+    """Keeps the terminal readable: orbax and tfds log every save/read at INFO level, and a
+    failed checkpoint would print a traceback per array."""
     noisy = ("/orbax/", "/tensorflow_datasets/")
 
     def keep(record) -> bool:
         if "Requested `tracked_metric`" in str(record.msg):  # saves between evaluations
             return False
-        return (record.levelno >= std_logging.WARNING
-                or not any(n in record.pathname for n in noisy))
+        library = any(n in record.pathname for n in noisy)
+        if library and record.exc_info:
+            # Orbax logs a failed write with its traceback from every thread it passed through;
+            # the trainer reports the failure itself (checkpoint.WriteError): one line each.
+            text = record.getMessage().splitlines()[0]
+            record.msg, record.args = text if len(text) <= 160 else text[:160] + "...", None
+            record.exc_info, record.exc_text = None, None
+        return record.levelno >= std_logging.WARNING or not library
 
     logging.get_absl_logger().addFilter(keep)
+    checkpoint.quiet_abandoned_writes()
 
 
 def main(argv):
     del argv
     flags_ = flags.FLAGS
     quiet_library_logs()
-    maybe_initialize_distributed(flags_.multihost)
-    # clu's writers import TensorFlow: keep it off any accelerator JAX uses.
-    import tensorflow as tf
-    tf.config.set_visible_devices([], "GPU")
+    # Every outcome is one line, without a traceback; the exit codes are listed at the top.
+    codes = ((ValueError, EXIT_USER_ERROR), (checkpoint.WriteError, EXIT_CHECKPOINT_FAILED),
+             (FloatingPointError, EXIT_NONFINITE))
     try:
-        train_and_evaluate(flags_.config, flags_.workdir)
-    except ValueError as e:  # bad config or data: one readable line, no traceback
+        maybe_initialize_distributed(flags_.multihost)
+        if not flags_.allow_config_change:  # a refused workdir fails before the slow imports
+            checkpoint.check_config(flags_.workdir, flags_.config)
+        # clu's writers import TensorFlow: keep it off any accelerator JAX uses.
+        import tensorflow as tf
+        tf.config.set_visible_devices([], "GPU")
+        train_and_evaluate(flags_.config, flags_.workdir,
+                           allow_config_change=flags_.allow_config_change)
+    except Interrupted as e:
+        logging.warning("%s", e)
+    except tuple(kind for kind, _ in codes) as e:
         logging.error("%s", e)
-        sys.exit(2)
+        sys.exit(next(code for kind, code in codes if isinstance(e, kind)))
+    except KeyboardInterrupt:  # a second Ctrl-C
+        logging.error("interrupted: the step in flight was not saved; rerunning the same command "
+                      "resumes from the latest checkpoint")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

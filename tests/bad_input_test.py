@@ -298,7 +298,7 @@ def test_codes_from_another_tokenizer(capsys, tmp_path, stage, loaded):
     from teco.tasks.teco import TecoTask
 
     with pytest.raises(ValueError, match=needle):
-        TecoTask(config, vqgan=stage.vqgan, vq_config=stage.vq_config)
+        TecoTask(config, vqgan=stage.vqgan, vq_config=stage.vq_config).check_inputs()
 
 
 @pytest.mark.parametrize("kind,needle", [

@@ -152,6 +152,13 @@ def test_nonfinite_skip_keeps_state_and_stop_names_step():
     np.testing.assert_allclose(state.params["w"], 0.5)   # the update was dropped
     with pytest.raises(FloatingPointError, match="at step 7"):
         train.check_loss(7, float("nan"), "stop")
+    # The message names the step, the non-finite loss terms (loss first) and the last good
+    # checkpoint; the trainer passes the step's metrics and its checkpoint directory.
+    with pytest.raises(FloatingPointError, match=(
+            r"^non-finite loss \(nan\) at step 7 \(config.on_nonfinite='stop'\); non-finite "
+            r"terms: loss=nan, pixel_loss=inf; the last good checkpoint is step 6 in /w$")):
+        train.check_loss(7, float("nan"), "stop", "the last good checkpoint is step 6 in /w",
+                         terms={"pixel_loss": float("inf"), "loss": float("nan"), "lr": 1e-4})
     train.check_loss(7, float("inf"), "skip")
     with pytest.raises(ValueError, match="on_nonfinite"):
         train.make_train_step(task, mesh, shardings, "only", on_nonfinite="ignore")

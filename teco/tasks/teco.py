@@ -28,6 +28,14 @@ from teco.tasks.base import TrainState, next_rng
 class TecoTask:
     best_metric = "trans_loss"   # held-out teacher-forced prior loss; lower is better
 
+    def check_inputs(self) -> None:
+        """Called by the trainer before reading data: codes of another tokenizer would
+        otherwise fail deep inside the compiled step."""
+        if self.on_codes:
+            from teco.generate import check_code_dir
+            check_code_dir(self.config.data.data_dir, self._facts["n_codes"],
+                           self._facts["latent_size"])
+
     def __init__(self, config, *, vqgan=None, vq_config=None):
         self.config = config
         if vqgan is None:
@@ -41,9 +49,7 @@ class TecoTask:
         # The frozen table TECO reads: the VQ-GAN's embedding of every code.
         self.vq_table = np.asarray(vqgan.quantizer.lookup(jnp.arange(self.vq_n_codes)))
         self.on_codes = config.data.source == "codes"
-        if self.on_codes:  # codes of another tokenizer would fail deep inside the compiled step
-            from teco.generate import check_code_dir
-            check_code_dir(config.data.data_dir, facts["n_codes"], facts["latent_size"])
+        self._facts = facts
         self.batch_keys = ("codes" if self.on_codes else "video", "actions")
         self.frames_per_example = int(config.seq_len)
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
