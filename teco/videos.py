@@ -66,16 +66,28 @@ def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8) 
     return path
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 110, **layout) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(**layout)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_curves(path: str | os.PathLike, curves: dict[str, np.ndarray], n_context: int,
                 title: str = "") -> Path:
     """One panel per metric: value per predicted frame (x = frames after the context)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
     for ax, (name, values) in zip(axes[0], curves.items()):
         values = np.asarray(values, np.float64)
@@ -86,22 +98,13 @@ def plot_curves(path: str | os.PathLike, curves: dict[str, np.ndarray], n_contex
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_fvd(path: str | os.PathLike, starts, values, window: int, n_context: int,
              title: str = "") -> Path:
     """FVD per window of frames against the frame index, the end of the context marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     centres = np.asarray(starts, np.float64) + window / 2
     ax.plot(centres, np.asarray(values, np.float64), "o-", lw=1.5)
@@ -112,10 +115,7 @@ def plot_fvd(path: str | os.PathLike, starts, values, window: int, n_context: in
     ax.legend(loc="upper left")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray,
@@ -123,11 +123,7 @@ def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.nd
     """A still picture of rollouts: for each video a row of real frames above the generated
     ones at the same times, from the last context frame to the last generated one (labelled
     with their frame index), so one look shows whether late frames still show the same place."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if real_BTHWC.shape != fake_BTHWC.shape or real_BTHWC.ndim != 5:
         raise ValueError(f"real {real_BTHWC.shape} and generated {fake_BTHWC.shape} must be "
                          "equal [B, T, H, W, 3]")
@@ -135,8 +131,6 @@ def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.nd
     if not 0 < n_context < t:
         raise ValueError(f"n_context={n_context} must be in [1, {t - 1}]")
     times = np.unique(np.linspace(n_context - 1, t - 1, n_columns).round().astype(int))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     h, w = real_BTHWC.shape[2:4]
     fig, axes = plt.subplots(2 * b, len(times), squeeze=False,
                              figsize=(len(times) * w * scale / 100, 2 * b * h * scale / 100 + 0.4))
@@ -154,7 +148,4 @@ def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.nd
                                  fontsize=7)
                 if j == 0:
                     ax.set_ylabel(f"{name} #{i}", fontsize=7)
-    fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100, pad=0.3, h_pad=0.2, w_pad=0.2)

@@ -9,47 +9,16 @@ of a multi-process run stops at the same batch, as they run the same steps).
 import os
 import sys
 
+from iterators import Preempted, StopAfter, wrapping_training  # tests/ is on sys.path
+
 EXIT_PREEMPTED = 17  # distinct from the exit codes teco.train itself uses
-
-
-class Preempted(Exception):
-    pass
-
-
-class _Stopping:
-    def __init__(self, it, n_batches: int):
-        self.it, self.left = it, n_batches
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.left == 0:
-            raise Preempted()
-        self.left -= 1
-        return next(self.it)
-
-    def get_state(self):
-        return self.it.get_state()
-
-    def set_state(self, state):
-        self.it.set_state(state)
-
-    def __getattr__(self, name):  # anything else the trainer reads (e.g. `skipped`)
-        return getattr(self.it, name)
 
 
 def _stop_training_after(n_batches: int) -> None:
     from teco import data
 
-    real = data.make_iterator
-
-    def make(config, mesh, *, split, train, **kwargs):
-        it = real(config, mesh, split=split, train=train, **kwargs)
-        is_train = split == config.data.train_split and train and "seed" not in kwargs
-        return _Stopping(it, n_batches) if is_train else it
-
-    data.make_iterator = make
+    data.make_iterator = wrapping_training(data.make_iterator,
+                                           lambda it: StopAfter(it, n_batches))
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import teco  # noqa: F401
 from teco import checkpoint, data, train
 from teco.config import load_config
 from teco.tasks.base import ConfigKeyed, TrainState, next_rng
+from iterators import Wrapped, wrapping_training
 from vqgan_test import CONFIGS, shared_data_dir, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,31 +86,16 @@ def toy_config(data_dir, **overrides):
 
 def on_batch(monkeypatch, hooks):
     """Runs hooks[n](batch) -> batch when the training loop fetches its n-th batch (1-based)."""
-    real = data.make_iterator
 
-    class Hooked:
-        def __init__(self, it):
-            self.it, self.n = it, 0
-
-        def __iter__(self):
-            return self
+    class Hooked(Wrapped):
+        n = 0
 
         def __next__(self):
             self.n += 1
             batch = next(self.it)
             return hooks[self.n](batch) if self.n in hooks else batch
 
-        def get_state(self):
-            return self.it.get_state()
-
-        def set_state(self, state):
-            self.it.set_state(state)
-
-    def make(config, mesh, *, split, train, **kwargs):
-        it = real(config, mesh, split=split, train=train, **kwargs)
-        return Hooked(it) if split == config.data.train_split and "seed" not in kwargs else it
-
-    monkeypatch.setattr(data, "make_iterator", make)
+    monkeypatch.setattr(data, "make_iterator", wrapping_training(data.make_iterator, Hooked))
 
 
 def send(signum, times=1):

@@ -12,6 +12,7 @@ import teco  # noqa: F401
 from teco import checkpoint, optim, sharding, train
 from teco.tasks.base import ConfigKeyed, TrainState
 from teco.tasks.vqgan import VQGANTask
+from iterators import Preempted, StopAfter, wrapping_training
 from vqgan_test import one_device_mesh, shared_data_dir, small_config, smooth_frames
 
 
@@ -20,40 +21,12 @@ def data_dir(tmp_path_factory):
     return shared_data_dir(tmp_path_factory)
 
 
-class Preempted(Exception):
-    pass
-
-
 def interrupt_after(monkeypatch, n_batches):
     """Makes the training iterator fail after `n_batches`, like a preempted machine."""
     from teco import data
 
-    real = data.make_iterator
-
-    class Interrupting:
-        def __init__(self, it):
-            self.it, self.left = it, n_batches
-
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            if self.left == 0:
-                raise Preempted()
-            self.left -= 1
-            return next(self.it)
-
-        def get_state(self):
-            return self.it.get_state()
-
-        def set_state(self, state):
-            self.it.set_state(state)
-
-    def make(config, mesh, *, split, train, **kwargs):
-        it = real(config, mesh, split=split, train=train, **kwargs)
-        return Interrupting(it) if split == config.data.train_split and train else it
-
-    monkeypatch.setattr(data, "make_iterator", make)
+    monkeypatch.setattr(data, "make_iterator", wrapping_training(
+        data.make_iterator, lambda it: StopAfter(it, n_batches)))
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, data_dir, monkeypatch):
