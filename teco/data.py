@@ -191,9 +191,9 @@ class _Crop:
     """Validates one episode and cuts `seq_len` frames (random start in training)."""
 
     def __init__(self, key: str, seq_len: int, image_size: int | None, random_start: bool,
-                 skip_bad: bool):
+                 skip_bad: bool, extras: tuple[str, ...] = ()):
         self.key, self.seq_len, self.image_size = key, seq_len, image_size
-        self.random_start, self.skip_bad = random_start, skip_bad
+        self.random_start, self.skip_bad, self.extras = random_start, skip_bad, extras
 
     def __call__(self, ep: dict[str, Any], rng: np.random.Generator) -> dict[str, Any] | None:
         name = ep.get("_name", "?")
@@ -213,7 +213,9 @@ class _Crop:
         sl = slice(start, start + self.seq_len)
         x = np.asarray(ep[self.key][sl])
         return {self.key: x.astype(np.int32) if self.key == "codes" else x,
-                "actions": np.asarray(ep["actions"][sl], np.int32)}
+                "actions": np.asarray(ep["actions"][sl], np.int32),
+                **{k: np.asarray(ep[k][sl]) for k in self.extras
+                   if k in ep and len(ep[k]) == length}}
 
 
 class _SafeGet:
@@ -273,13 +275,16 @@ def _allgather_json(obj) -> list:
 class BatchIterator:
     """Yields global batches {video float32 [B,T,H,W,3] in [-1,1] | codes int32 [B,T,h,w],
     actions int32 [B,T]} placed on the mesh's data axes; `get_state`/`set_state` for resume.
+    Per-frame `extras` that every episode of a batch has (e.g. agent poses) come along as this
+    process's rows in host numpy arrays.
 
     `build(start)` gives this process's element stream from global batch `start` on.
     """
 
     def __init__(self, build, mesh, key: str, global_batch: int, local_batch: int,
-                 n_files: int | None = None):
+                 n_files: int | None = None, extras: tuple[str, ...] = ()):
         self._build = build
+        self._extras = extras
         self._n_files = n_files
         self._it = iter(build(0))
         self._sharding = sh.batch_sharding(mesh)
@@ -324,6 +329,9 @@ class BatchIterator:
                 self._sharding, local, (self.global_batch,) + local.shape[1:])
         if self.key == "video":
             out["video"] = self._to_float(out["video"])
+        for k in self._extras:
+            if all(k in el for el in batch):
+                out[k] = np.stack([el[k] for el in batch])
         self.batches += 1
         return out
 
@@ -357,11 +365,12 @@ class BatchIterator:
 
 
 def make_iterator(config, mesh, *, split: str, train: bool, seed: int | None = None,
-                  num_epochs: int | None = None) -> BatchIterator:
+                  num_epochs: int | None = None, extras: tuple[str, ...] = ()) -> BatchIterator:
     """The input pipeline of `config` (its `data`, `batch_size`, `seq_len`, `image_size`).
 
     train=True: shuffled, repeated forever, random crops. train=False: file order, crops from
     frame 0, `num_epochs` passes (None = forever); the last partial batch is dropped.
+    `extras`: per-frame record fields to crop alongside when the data set has them.
     """
     data = config.data
     seed = int(config.seed if seed is None else seed)
@@ -384,7 +393,8 @@ def make_iterator(config, mesh, *, split: str, train: bool, seed: int | None = N
     elif num_epochs != 1:
         ds = ds.repeat(num_epochs)
     image_size = data.image_size if key == "video" else None
-    crop = _Crop(key, int(config.seq_len), image_size, random_start=train, skip_bad=skip_bad)
+    crop = _Crop(key, int(config.seq_len), image_size, random_start=train, skip_bad=skip_bad,
+                 extras=tuple(extras))
     # Crops are drawn per element index, before the split into processes: the same global
     # batches whatever the number of processes.
     ds = ds.random_map(crop, seed=seed + 1)
@@ -398,7 +408,8 @@ def make_iterator(config, mesh, *, split: str, train: bool, seed: int | None = N
                 grain.MultiprocessingOptions(num_workers=int(data.worker_count)))
         return it_ds
 
-    return BatchIterator(build, mesh, key, global_batch, local_batch, n_files=len(source))
+    return BatchIterator(build, mesh, key, global_batch, local_batch, n_files=len(source),
+                         extras=tuple(extras))
 
 
 def frames_per_batch(config) -> int:

@@ -17,7 +17,12 @@ FVD is reported as the authors do (mean +- std over chunks of 256 videos) and po
 
 Writes to `--out` (default `<workdir>/eval/<protocol>`): metrics.json (every number, the protocol,
 the number of videos, the checkpoint step), curves.json + curves.png (per-frame PSNR/SSIM/LPIPS),
-and videos/ (real | generated grids of the first videos).
+fvd.png (FVD per window of frames) and videos/ (real | generated grids of the first videos).
+
+Place memory: on data sets that store the agent's pose (memory_maze), metrics.json["revisits"]
+scores the predicted frames that come back to a place a context frame showed (after the view
+had left it) against the other predicted frames at the same horizon, and revisits.png shows
+them (seen in the context | real | generated); see teco/metrics/revisit.py.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ PROTOCOLS = {
     "custom": dict(context=None, predict=None, metrics=("psnr", "ssim", "lpips", "fvd")),
     "teacher_forced": dict(context=None, predict=None, metrics=()),
 }
+POSE_KEYS = ("agent_pos", "agent_dir")  # stored by memory_maze; they locate revisits
 
 
 def parse(argv):
@@ -85,10 +91,11 @@ def pixel_iterator(stage, args, total: int):
         config.data.data_dir = args.data_dir
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
     it = data.make_iterator(config, mesh, split=args.split or config.data.eval_split,
-                            train=False, num_epochs=1)
+                            train=False, num_epochs=1, extras=POSE_KEYS)
     for batch in it:
         real = np.round((np.asarray(batch["video"]) + 1) * 127.5).astype(np.uint8)
-        yield real, np.asarray(batch["actions"])
+        poses = tuple(batch[k] for k in POSE_KEYS) if all(k in batch for k in POSE_KEYS) else None
+        yield real, np.asarray(batch["actions"]), poses
 
 
 def _clip_length_error(e, seq_len: int, what: str):
@@ -186,13 +193,14 @@ def run(args) -> dict:
     key = jax.random.key(args.seed)
     per_frame = {k: [] for k in ("psnr", "ssim", "lpips") if k in want}
     reals, fakes, saved = [], [], []
+    memory = PlaceMemory(context)
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()
     batches = pixel_iterator(stage, args, total)
     for i in range(-(-args.num_videos // args.batch_size)):
         try:
-            real, actions = next(batches)
+            real, actions, poses = next(batches)
         except StopIteration:
             break
         except DataError as e:
@@ -207,11 +215,14 @@ def run(args) -> dict:
                                                  spec=spec))
         fake = generate.decode_codes(stage.vqgan, new_codes)
         ref = real if args.reference == "real" else generate.decode_codes(stage.vqgan, codes)
+        scores = {}
         if per_frame:
             which = tuple(k for k in per_frame if k != "lpips" or lpips is not None)
             scores = frame_metrics(ref[:, context:], fake[:, context:], lpips=lpips, which=which)
             for k, v in scores.items():
                 per_frame[k].append(np.asarray(v))
+        if poses is not None:
+            memory.add(ref, fake, poses, scores)
         if "fvd" in want:
             reals.append(ref)
             fakes.append(fake)
@@ -252,7 +263,12 @@ def run(args) -> dict:
         if args.fvd_window:
             result["fvd_windows"] = fvd_over_time(i3d, np.concatenate(reals)[:n],
                                                   np.concatenate(fakes)[:n], args.fvd_window)
+    if memory.videos:
+        result["revisits"] = memory.summary(n)
     out.mkdir(parents=True, exist_ok=True)
+    if memory.videos:
+        memory.picture(out / "revisits.png",
+                       title=f"{args.protocol}, {n} videos, step {stage.step}")
     _write_text(out / "metrics.json", json.dumps(result, indent=1))
     if curves:
         _write_text(out / "curves.json", json.dumps({"context_frames": context, **curves}))
@@ -266,6 +282,74 @@ def run(args) -> dict:
         grid = videos.upscale(videos.side_by_side(ref, fake, context), 2)
         videos.write_video(out / "videos" / f"batch_{j:02d}.mp4", grid)
     return result
+
+
+class PlaceMemory:
+    """Collects revisits (teco/metrics/revisit.py) batch by batch during evaluation."""
+
+    def __init__(self, n_context: int):
+        self.n_context = n_context
+        self.videos = 0
+        self.is_revisit, self.scores, self.pairs = [], {}, []
+
+    def add(self, ref_BTHWC, fake_BTHWC, poses, scores: dict) -> None:
+        from teco.metrics import frame_metrics
+        from teco.metrics.revisit import find_revisits, match_pairs
+
+        is_revisit, source = find_revisits(*poses, self.n_context)
+        if not {"psnr", "ssim"} <= set(scores):  # an FVD-only protocol: score frames here
+            scores = dict(scores, **frame_metrics(ref_BTHWC[:, self.n_context:],
+                                                  fake_BTHWC[:, self.n_context:],
+                                                  which=("psnr", "ssim")))
+        for k, v in scores.items():
+            self.scores.setdefault(k, []).append(np.asarray(v))
+        self.is_revisit.append(is_revisit)
+        seen, real, fake, where = match_pairs(ref_BTHWC, fake_BTHWC, source, self.n_context)
+        where[:, 0] += self.videos
+        self.pairs.append((seen, real, fake, where))
+        self.videos += len(ref_BTHWC)
+
+    def summary(self, n: int) -> dict:
+        from teco.metrics import psnr
+        from teco.metrics.revisit import (AWAY_COS, AWAY_DISTANCE, MAX_DISTANCE, MIN_COS,
+                                          revisit_summary)
+
+        rev = np.concatenate(self.is_revisit)[:n]
+        scores = {k: np.concatenate(v)[:n] for k, v in self.scores.items()}
+        out = {"definition": f"predicted frame within {MAX_DISTANCE} cells and cos >= {MIN_COS} "
+                             f"of a context frame's pose, after being > {AWAY_DISTANCE} cells "
+                             f"away or turned past cos {AWAY_COS} in between",
+               **revisit_summary(scores, rev)}
+        seen, real, fake, where = self._pairs(n)
+        if len(seen):
+            # How alike the two real views of the place are (what a perfect memory could reach)
+            # and how alike the generated view is to what the context showed.
+            for name, frames in (("real", real), ("generated", fake)):
+                values = np.asarray(psnr(seen, frames), np.float64)
+                finite = values[np.isfinite(values)]  # identical frames: inf, left out
+                out[f"psnr_seen_vs_{name}"] = float(finite.mean()) if finite.size else None
+        return out
+
+    def _pairs(self, n: int):
+        seen, real, fake, where = (np.concatenate(x) for x in zip(*self.pairs))
+        keep = where[:, 0] < n
+        return seen[keep], real[keep], fake[keep], where[keep]
+
+    def picture(self, path: Path, title: str, rows: int = 6) -> None:
+        from teco import videos
+
+        seen, real, fake, where = self._pairs(self.videos)
+        if not len(seen):
+            return
+        # Per video, the revisit with the longest gap since the place was seen comes first.
+        order = sorted(range(len(where)), key=lambda i: (-where[i, 2] + where[i, 1]))
+        picked, videos_used = [], set()
+        for i in order:
+            if where[i, 0] not in videos_used:
+                picked.append(i), videos_used.add(where[i, 0])
+        picked = (picked + [i for i in order if i not in picked])[:rows]
+        videos.revisit_strip(path, seen[picked], real[picked], fake[picked], where[picked],
+                             self.n_context, title=title)
 
 
 def fvd_over_time(i3d, real_NTHWC, fake_NTHWC, window: int) -> dict | None:

@@ -11,7 +11,7 @@ set is built once, a finished training is not repeated, a stage whose input chan
     teco/            stage-2 workdir
     samples/         samples.npz and videos/ (real | generated, context outlined green)
     filmstrip.png    real above generated frames, from the last context frame to the end
-    eval/            metrics.json, curves.json, curves.png, videos/
+    eval/            metrics.json, curves.json, curves.png, fvd.png, revisits.png, videos/
     metrics.json     the evaluation's numbers, copied to the top
 """
 from __future__ import annotations
@@ -173,7 +173,26 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
     result = teco_eval.run(args)
     (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
     print(f"\npipeline finished in {(time.time() - t0) / 60:.1f} min: {workdir}")
+    print(headline(result))
     return result
+
+
+def headline(result: dict) -> str:
+    """The evaluation's main numbers in a few lines."""
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    lines = [f"{result['num_videos']} held-out videos, {result['predicted_frames']} frames after "
+             f"{result['context_frames']}: " + ", ".join(
+                 f"{k.upper()} {fmt(result.get(k))}" for k in ("psnr", "ssim", "lpips"))]
+    if isinstance(result.get("fvd"), dict):
+        lines.append(f"FVD {result['fvd']['pooled']:.1f} (pooled over the videos, context "
+                     "included)")
+    rev = result.get("revisits")
+    if rev:
+        lines.append(f"place memory: {rev['revisit_frames']} of {rev['predicted_frames']} "
+                     f"predicted frames revisit a place the context showed; PSNR there "
+                     f"{fmt(rev.get('psnr_revisit'))} vs {fmt(rev.get('psnr_other'))} elsewhere, "
+                     f"{fmt(rev.get('psnr_gain'))} dB above the other frames at the same horizon")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

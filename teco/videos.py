@@ -149,3 +149,39 @@ def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.nd
                 if j == 0:
                     ax.set_ylabel(f"{name} #{i}", fontsize=7)
     return _save(fig, path, dpi=100, pad=0.3, h_pad=0.2, w_pad=0.2)
+
+
+def revisit_strip(path: str | os.PathLike, seen_KHWC: np.ndarray, real_KHWC: np.ndarray,
+                  fake_KHWC: np.ndarray, where_K3: np.ndarray, n_context: int, *,
+                  scale: int = 2, title: str = "") -> Path:
+    """Revisits side by side, one per column: the context frame that showed the place, the real
+    frame when the agent came back, and the generated frame at that time; `where_K3` holds
+    (video, frame seen, frame of return) with 0-based frame indices."""
+    plt = _pyplot()
+    k = len(seen_KHWC)
+    if not k or not (seen_KHWC.shape == real_KHWC.shape == fake_KHWC.shape) \
+            or seen_KHWC.ndim != 4 or np.shape(where_K3) != (k, 3):
+        raise ValueError(f"revisit_strip: seen {seen_KHWC.shape}, real {real_KHWC.shape}, "
+                         f"generated {fake_KHWC.shape} must be equal [K>0, H, W, 3] with "
+                         f"where [K, 3], got {np.shape(where_K3)}")
+    h, w = seen_KHWC.shape[1:3]
+    scale = max(scale, -(-128 // w))  # room for the labels under small frames
+    rows = ((seen_KHWC, "seen in context", "green"), (real_KHWC, "real on return", "black"),
+            (fake_KHWC, "generated", "red"))
+    fig, axes = plt.subplots(3, k, squeeze=False,
+                             figsize=(k * w * scale / 100 + 0.3, 3 * h * scale / 100 + 0.7))
+    for j in range(k):
+        video, seen_at, back_at = (int(x) for x in where_K3[j])
+        for r, (frames, name, colour) in enumerate(rows):
+            ax = axes[r, j]
+            ax.imshow(frames[j], interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour), spine.set_linewidth(2)
+            if r == 0:
+                ax.set_title(f"#{video}: {seen_at + 1} -> {back_at + 1}", fontsize=7)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    fig.suptitle((title + "\n" if title else "") +
+                 f"frame seen -> frame of return ({n_context} context frames)", fontsize=8)
+    return _save(fig, path, dpi=100, pad=0.3, h_pad=0.2, w_pad=0.2)

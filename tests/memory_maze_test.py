@@ -118,3 +118,25 @@ def test_bad_inputs_raise_clear_errors():
         mm.build("/nonexistent", mm.MemoryMazeConfig(name="tiny", length=8))
     assert generate.episode_seed(0, "train", 1) != generate.episode_seed(0, "test", 1)
     assert generate.episode_seed(3, "train", 1) == generate.episode_seed(3, "train", 1)
+
+
+def test_evaluation_reads_poses_aligned_with_frames(builds, episodes):
+    """teco.eval's reader brings agent poses along with the frames (they locate revisits)."""
+    import jax
+
+    from teco import data, sharding
+    from teco.config import load_config
+    from teco.eval import POSE_KEYS
+
+    config = load_config("configs/memory_maze_vqgan.py:tiny", {
+        "data.data_dir": str(Path(builds[0].data_dir).parents[2]), "data.name": "memory_maze/tiny",
+        "data.image_size": 64, "seq_len": T - 4, "batch_size": 1})
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
+    batch = next(data.make_iterator(config, mesh, split="test", train=False, num_epochs=1,
+                                    extras=POSE_KEYS))
+    ep = episodes["test"][0]
+    for k in POSE_KEYS:
+        assert isinstance(batch[k], np.ndarray) and batch[k].shape == (1, T - 4, 2)
+        np.testing.assert_array_equal(batch[k][0], ep[k][:T - 4])
+    real = np.round((np.asarray(batch["video"][0]) + 1) * 127.5).astype(np.uint8)
+    np.testing.assert_array_equal(real, ep["video"][:T - 4])

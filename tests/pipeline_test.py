@@ -27,3 +27,15 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert pipeline.finished(tmp_path / "vqgan", 6) and pipeline.finished(tmp_path / "teco", 6)
     stamp = json.loads((tmp_path / "codes" / "stamp.json").read_text())
     assert pipeline._stamped(tmp_path / "codes" / "stamp.json", **stamp)
+
+
+def test_headline_states_the_scores_and_the_place_memory():
+    result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36, "psnr": 17.4,
+              "ssim": 0.57, "lpips": None, "fvd": {"pooled": 1440.2},
+              "revisits": {"revisit_frames": 40, "predicted_frames": 512, "psnr_revisit": 16.0,
+                           "psnr_other": 17.5, "psnr_gain": -0.25}}
+    text = pipeline.headline(result)
+    assert "8 held-out videos, 64 frames after 36: PSNR 17.400, SSIM 0.570, LPIPS n/a" in text
+    assert "FVD 1440.2" in text
+    assert "40 of 512 predicted frames" in text and "-0.250 dB" in text
+    assert "place memory" not in pipeline.headline(dict(result, revisits=None))

@@ -1,0 +1,107 @@
+"""Place memory: when the agent comes back to a place the context showed, does it look the same?
+
+Data sets that store the agent's pose (memory_maze: `agent_pos` in maze cells, `agent_dir` a
+unit heading) let evaluation find *revisits*: predicted frames taken from about the pose of a
+context frame, after the view had left that place in between. A model that keeps the maze
+scores better on revisits than on frames of places it never saw, at the same distance into the
+rollout; a model that only continues the last frames does not. Pure numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# A predicted frame revisits a context frame when the agent stands within MAX_DISTANCE cells of
+# where it stood then and looks within ~30 degrees of the same way ...
+MAX_DISTANCE = 0.5
+MIN_COS = 0.87
+# ... and somewhere in between it was AWAY: more than 1.5 cells off, or turned past 90 degrees
+# (without this, the first frames after the context would "revisit" the last context frames).
+AWAY_DISTANCE = 1.5
+AWAY_COS = 0.0
+
+
+def _check_poses(pos_BT2, dir_BT2, n_context: int):
+    pos = np.asarray(pos_BT2, np.float64)
+    heading = np.asarray(dir_BT2, np.float64)
+    if pos.ndim != 3 or pos.shape[-1] != 2 or heading.shape != pos.shape:
+        raise ValueError(f"poses must be agent_pos and agent_dir of shape [B, T, 2], got "
+                         f"{pos.shape} and {heading.shape}")
+    if not 0 < n_context < pos.shape[1]:
+        raise ValueError(f"n_context={n_context} must be in [1, {pos.shape[1] - 1}]")
+    if not (np.isfinite(pos).all() and np.isfinite(heading).all()):
+        raise ValueError("poses hold non-finite values")
+    norm = np.linalg.norm(heading, axis=-1, keepdims=True)
+    return pos, heading / np.maximum(norm, 1e-12)
+
+
+def find_revisits(pos_BT2, dir_BT2, n_context: int, *, max_distance: float = MAX_DISTANCE,
+                  min_cos: float = MIN_COS, away_distance: float = AWAY_DISTANCE,
+                  away_cos: float = AWAY_COS) -> tuple[np.ndarray, np.ndarray]:
+    """For every predicted frame (index >= n_context), the context frame it revisits.
+
+    Returns (is_revisit bool [B, P], source int [B, P]) with P = T - n_context; `source` is the
+    matched context frame (the nearest in position among those that qualify), -1 where none.
+    """
+    pos, heading = _check_poses(pos_BT2, dir_BT2, n_context)
+    b, t = pos.shape[:2]
+    dist_BTT = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1)
+    cos_BTT = np.einsum("bid,bjd->bij", heading, heading)
+    away_BTT = (dist_BTT > away_distance) | (cos_BTT < away_cos)     # [b, c, s]
+    # first_away[b, c]: the first frame after c at which the agent was away from c's pose.
+    later = np.arange(t)[None, None, :] > np.arange(t)[None, :, None]
+    first_away = np.where(away_BTT & later, np.arange(t)[None, None, :], t).min(axis=-1)
+
+    ctx = slice(0, n_context)
+    pred = slice(n_context, t)
+    close = (dist_BTT[:, pred, ctx] <= max_distance) & (cos_BTT[:, pred, ctx] >= min_cos)
+    left = first_away[:, None, ctx] < np.arange(n_context, t)[None, :, None]
+    ok = close & left                                                 # [b, P, C]
+    score = np.where(ok, dist_BTT[:, pred, ctx], np.inf)
+    source = np.where(ok.any(-1), score.argmin(-1), -1)
+    return source >= 0, source
+
+
+def revisit_summary(per_frame: dict[str, np.ndarray], is_revisit_NP: np.ndarray,
+                    higher_is_better: dict[str, bool] | None = None) -> dict:
+    """Scores of generated frames on revisits against the other predicted frames.
+
+    per_frame: metric -> [N, P] per predicted frame (e.g. PSNR of generated vs real).
+    `<metric>_gain` compares each revisit with the non-revisit frames at the same horizon
+    (frames after the context) and averages over revisits; positive = better on revisits, so
+    it is not fooled by revisits happening late, where every frame scores worse.
+    """
+    higher_is_better = {"psnr": True, "ssim": True, "lpips": False, **(higher_is_better or {})}
+    rev = np.asarray(is_revisit_NP, bool)
+    out = {"revisit_frames": int(rev.sum()), "predicted_frames": int(rev.size),
+           "videos_with_revisits": int(rev.any(axis=1).sum())}
+    for name, values in per_frame.items():
+        v = np.asarray(values, np.float64)
+        if v.shape != rev.shape:
+            raise ValueError(f"{name}: scores {v.shape} and revisit mask {rev.shape} differ")
+        v = np.where(np.isfinite(v), v, np.nan)  # PSNR of identical frames is inf
+        other = ~rev
+        out[f"{name}_revisit"] = _nanmean(v[rev])
+        out[f"{name}_other"] = _nanmean(v[other])
+        gains = []
+        for h in np.flatnonzero(rev.any(0) & other.any(0)):
+            base = np.nanmean(v[other[:, h], h]) if np.isfinite(v[other[:, h], h]).any() else np.nan
+            gains.extend(v[rev[:, h], h] - base)
+        gain = _nanmean(np.asarray(gains))
+        out[f"{name}_gain"] = gain if gain is None or higher_is_better.get(name, True) else -gain
+    return out
+
+
+def match_pairs(real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray, source_BP: np.ndarray,
+                n_context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every revisit as (seen context frame, real frame, generated frame, (video, t_seen, t)),
+    frames uint8 [K, H, W, C]; for the place-memory PSNRs and the revisits picture."""
+    bi, pi = np.nonzero(np.asarray(source_BP) >= 0)
+    seen = real_BTHWC[bi, source_BP[bi, pi]]
+    t = pi + n_context
+    return (seen, real_BTHWC[bi, t], fake_BTHWC[bi, t],
+            np.stack([bi, source_BP[bi, pi], t], axis=-1))
+
+
+def _nanmean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, np.float64)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else None

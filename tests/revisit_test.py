@@ -1,0 +1,132 @@
+"""Place memory: revisits are found from agent poses and scored against the other frames."""
+import json
+
+import numpy as np
+import pytest
+
+from teco.metrics.revisit import find_revisits, match_pairs, revisit_summary
+
+EAST, WEST, NORTH = (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)
+
+
+def walk(*legs):
+    """Poses [1, T, 2] from legs of (start xy, end xy, heading, frames)."""
+    pos, heading = [], []
+    for start, end, d, n in legs:
+        pos += list(np.linspace(start, end, n))
+        heading += [d] * n
+    return np.asarray(pos, np.float32)[None], np.asarray(heading, np.float32)[None]
+
+
+def test_coming_back_after_leaving_is_a_revisit_of_the_nearest_context_frame():
+    # Context: 10 frames walking east along y=0.5. Then north up a corridor, back south
+    # (turned), and east again through the first cells.
+    pos, heading = walk(((0.5, 0.5), (5.0, 0.5), EAST, 10),
+                        ((5.0, 1.0), (5.0, 4.0), NORTH, 6),
+                        ((5.0, 4.0), (0.5, 4.0), WEST, 6),
+                        ((0.5, 0.6), (2.3, 0.6), EAST, 4))
+    is_rev, source = find_revisits(pos, heading, n_context=10)
+    assert is_rev.shape == source.shape == (1, 16)
+    # Only the last leg comes back; each of its frames matches the nearest context frame.
+    assert np.flatnonzero(is_rev[0]).tolist() == [12, 13, 14, 15]
+    ctx = pos[0, :10]
+    for p in range(12, 16):
+        expected = np.argmin(np.linalg.norm(ctx - pos[0, 10 + p], axis=-1))
+        assert source[0, p] == expected
+    assert (source[0, ~is_rev[0]] == -1).all()
+
+
+def test_frames_that_never_left_the_last_context_pose_are_not_revisits():
+    # Standing still, then turning a little: the view never left, nothing is remembered.
+    pos, heading = walk(((1.5, 1.5), (1.5, 1.5), EAST, 8), ((1.5, 1.5), (1.6, 1.5), EAST, 8))
+    is_rev, _ = find_revisits(pos, heading, n_context=8)
+    assert not is_rev.any()
+
+
+def test_turning_around_and_back_counts_as_leaving():
+    pos, heading = walk(((1.5, 1.5), (1.5, 1.5), EAST, 4), ((1.5, 1.5), (1.5, 1.5), WEST, 3),
+                        ((1.5, 1.5), (1.5, 1.5), EAST, 2))
+    is_rev, source = find_revisits(pos, heading, n_context=4)
+    assert is_rev[0].tolist() == [False, False, False, True, True]
+    assert (source[0, 3:] == 0).all()  # all four context frames qualify; the first is nearest
+
+
+def test_facing_the_other_way_at_the_same_place_is_not_a_revisit():
+    pos, heading = walk(((0.5, 0.5), (3.0, 0.5), EAST, 6), ((3.0, 3.0), (3.0, 3.0), NORTH, 2),
+                        ((3.0, 0.5), (0.5, 0.5), WEST, 6))
+    assert not find_revisits(pos, heading, n_context=6)[0].any()
+
+
+def test_summary_compares_revisits_with_other_frames_at_the_same_horizon():
+    rev = np.array([[False, True, False, True],
+                    [False, False, False, False]])
+    # Frames get worse with the horizon; revisits are 2 dB better than the rest at their
+    # horizon, yet their plain mean is below the others' (they come late).
+    psnr = np.array([[20.0, 20.0, 16.0, 16.0],
+                     [20.0, 18.0, 16.0, 14.0]])
+    lpips = np.array([[0.1, 0.2, 0.3, 0.3],
+                      [0.1, 0.3, 0.3, 0.5]])
+    out = revisit_summary({"psnr": psnr, "lpips": lpips}, rev)
+    assert out["revisit_frames"] == 2 and out["videos_with_revisits"] == 1
+    assert out["predicted_frames"] == 8
+    assert out["psnr_revisit"] == pytest.approx(18.0)
+    assert out["psnr_other"] == pytest.approx((20 + 16 + 20 + 18 + 16 + 14) / 6)
+    assert out["psnr_gain"] == pytest.approx(2.0)
+    assert out["lpips_gain"] == pytest.approx(0.15)  # lower LPIPS on revisits is a positive gain
+    json.dumps(out)
+
+
+def test_summary_without_revisits_has_no_gain():
+    out = revisit_summary({"psnr": np.full((2, 3), 20.0)}, np.zeros((2, 3), bool))
+    assert out["revisit_frames"] == 0 and out["psnr_revisit"] is None
+    assert out["psnr_gain"] is None and out["psnr_other"] == 20.0
+
+
+def test_match_pairs_picks_the_seen_real_and_generated_frames():
+    real = np.arange(2 * 6).reshape(2, 6, 1, 1, 1).astype(np.uint8) * np.ones((1, 1, 2, 2, 3),
+                                                                              np.uint8)
+    fake = 100 + real
+    source = np.array([[-1, 1, -1], [0, -1, -1]])
+    seen, r, f, where = match_pairs(real, fake, source, n_context=3)
+    assert where.tolist() == [[0, 1, 4], [1, 0, 3]]
+    assert seen[:, 0, 0, 0].tolist() == [1, 6]
+    assert r[:, 0, 0, 0].tolist() == [4, 9] and f[:, 0, 0, 0].tolist() == [104, 109]
+
+
+@pytest.mark.parametrize("pos_shape, dir_shape, n_context, message", [
+    ((1, 5, 3), (1, 5, 3), 2, r"\[B, T, 2\]"),
+    ((1, 5, 2), (1, 4, 2), 2, r"\[B, T, 2\]"),
+    ((1, 5, 2), (1, 5, 2), 5, "n_context=5"),
+])
+def test_bad_poses_raise(pos_shape, dir_shape, n_context, message):
+    with pytest.raises(ValueError, match=message):
+        find_revisits(np.zeros(pos_shape), np.ones(dir_shape), n_context)
+
+
+def test_eval_place_memory_writes_scores_and_picture(tmp_path):
+    from teco.eval import PlaceMemory
+
+    away = walk(((0.5, 0.5), (5.0, 0.5), EAST, 10), ((5.0, 1.0), (5.0, 4.0), NORTH, 6),
+                ((5.0, 4.0), (0.5, 4.0), WEST, 6), ((0.5, 0.6), (2.3, 0.6), EAST, 4))
+    still = walk(((1.5, 1.5), (1.5, 1.5), EAST, 26))
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (2, 26, 16, 16, 3), dtype=np.uint8)
+    # The "model" makes up every frame but the revisits, where it shows what the context showed
+    # (slightly off: PSNR stays finite).
+    fake = rng.integers(0, 256, real.shape, dtype=np.uint8)
+    is_rev, source = find_revisits(*away, 10)
+    for p in np.flatnonzero(is_rev[0]):
+        real[0, 10 + p] = real[0, source[0, p]]
+        fake[0, 10 + p] = real[0, source[0, p]] ^ 1
+    memory = PlaceMemory(n_context=10)
+    memory.add(real[:1], fake[:1], away, {})
+    memory.add(real[1:], fake[1:], still, {})
+    out = memory.summary(2)
+    assert out["revisit_frames"] == 4 and out["videos_with_revisits"] == 1
+    assert out["psnr_revisit"] > 45 and out["psnr_other"] < 10 and out["psnr_gain"] > 35
+    assert out["ssim_gain"] > 0.9
+    assert out["psnr_seen_vs_real"] is None  # the real return is the seen frame exactly
+    assert out["psnr_seen_vs_generated"] == pytest.approx(out["psnr_revisit"])
+    json.dumps(out)
+    memory.picture(tmp_path / "revisits.png", title="test")
+    assert (tmp_path / "revisits.png").stat().st_size > 1000
