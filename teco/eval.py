@@ -312,7 +312,7 @@ class PlaceMemory:
     def summary(self, n: int) -> dict:
         from teco.metrics import psnr
         from teco.metrics.revisit import (AWAY_COS, AWAY_DISTANCE, MAX_DISTANCE, MIN_COS,
-                                          revisit_summary)
+                                          finite_mean, revisit_summary)
 
         rev = np.concatenate(self.is_revisit)[:n]
         scores = {k: np.concatenate(v)[:n] for k, v in self.scores.items()}
@@ -325,9 +325,7 @@ class PlaceMemory:
             # How alike the two real views of the place are (what a perfect memory could reach)
             # and how alike the generated view is to what the context showed.
             for name, frames in (("real", real), ("generated", fake)):
-                values = np.asarray(psnr(seen, frames), np.float64)
-                finite = values[np.isfinite(values)]  # identical frames: inf, left out
-                out[f"psnr_seen_vs_{name}"] = float(finite.mean()) if finite.size else None
+                out[f"psnr_seen_vs_{name}"] = finite_mean(psnr(seen, frames))
         return out
 
     def _pairs(self, n: int):
@@ -342,7 +340,7 @@ class PlaceMemory:
         if not len(seen):
             return
         # Per video, the revisit with the longest gap since the place was seen comes first.
-        order = sorted(range(len(where)), key=lambda i: (-where[i, 2] + where[i, 1]))
+        order = sorted(range(len(where)), key=lambda i: where[i, 1] - where[i, 2])
         picked, videos_used = [], set()
         for i in order:
             if where[i, 0] not in videos_used:

@@ -43,7 +43,7 @@ def find_revisits(pos_BT2, dir_BT2, n_context: int, *, max_distance: float = MAX
     matched context frame (the nearest in position among those that qualify), -1 where none.
     """
     pos, heading = _check_poses(pos_BT2, dir_BT2, n_context)
-    b, t = pos.shape[:2]
+    t = pos.shape[1]
     dist_BTT = np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1)
     cos_BTT = np.einsum("bid,bjd->bij", heading, heading)
     away_BTT = (dist_BTT > away_distance) | (cos_BTT < away_cos)     # [b, c, s]
@@ -78,15 +78,15 @@ def revisit_summary(per_frame: dict[str, np.ndarray], is_revisit_NP: np.ndarray,
         v = np.asarray(values, np.float64)
         if v.shape != rev.shape:
             raise ValueError(f"{name}: scores {v.shape} and revisit mask {rev.shape} differ")
-        v = np.where(np.isfinite(v), v, np.nan)  # PSNR of identical frames is inf
         other = ~rev
-        out[f"{name}_revisit"] = _nanmean(v[rev])
-        out[f"{name}_other"] = _nanmean(v[other])
+        out[f"{name}_revisit"] = finite_mean(v[rev])
+        out[f"{name}_other"] = finite_mean(v[other])
         gains = []
         for h in np.flatnonzero(rev.any(0) & other.any(0)):
-            base = np.nanmean(v[other[:, h], h]) if np.isfinite(v[other[:, h], h]).any() else np.nan
-            gains.extend(v[rev[:, h], h] - base)
-        gain = _nanmean(np.asarray(gains))
+            base = finite_mean(v[other[:, h], h])
+            if base is not None:
+                gains.extend(v[rev[:, h], h] - base)
+        gain = finite_mean(np.asarray(gains))
         out[f"{name}_gain"] = gain if gain is None or higher_is_better.get(name, True) else -gain
     return out
 
@@ -102,6 +102,8 @@ def match_pairs(real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray, source_BP: np.nd
             np.stack([bi, source_BP[bi, pi], t], axis=-1))
 
 
-def _nanmean(x: np.ndarray) -> float | None:
+def finite_mean(x) -> float | None:
+    """The mean of the finite values (PSNR of identical frames is inf), None if there are none."""
     x = np.asarray(x, np.float64)
-    return float(np.nanmean(x)) if np.isfinite(x).any() else None
+    finite = x[np.isfinite(x)]
+    return float(finite.mean()) if finite.size else None
