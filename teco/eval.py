@@ -71,6 +71,10 @@ def parse(argv):
                    help="also FVD of consecutive windows of this many frames, plotted over time "
                    "in fvd.png (0: off)")
     p.add_argument("--num_saved_videos", type=at_least(0), default=4)
+    p.add_argument("--memory_check", type=at_least(0), default=0, metavar="K",
+                   help="on data with poses, also imagine the same frames from only the last K "
+                   "context frames and compare the two on revisits of places that only the full "
+                   "context showed (0: off)")
     p.add_argument("--out", default=None)
     add_sampler_flags(p)
     return p.parse_args(argv)
@@ -187,13 +191,17 @@ def run(args) -> dict:
     if context < int(stage.config.n_cond):
         raise ValueError(f"--context={context} is fewer than the model's n_cond="
                          f"{stage.config.n_cond} conditioning frames")
+    if args.memory_check and not int(stage.config.n_cond) <= args.memory_check < context:
+        raise ValueError(f"--memory_check={args.memory_check} must be at least the model's "
+                         f"n_cond={stage.config.n_cond} and fewer than --context={context}")
     spec = sampler_spec(stage.config, args)
     want = set(proto["metrics"])
     lpips = LPIPS() if "lpips" in want and stage.vq_config.image_size >= 32 else None
     key = jax.random.key(args.seed)
     per_frame = {k: [] for k in ("psnr", "ssim", "lpips") if k in want}
     reals, fakes, saved = [], [], []
-    memory = PlaceMemory(context)
+    memory = PlaceMemory(context, short_context=args.memory_check,
+                         window=int(stage.config.seq_len))
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()
@@ -222,7 +230,14 @@ def run(args) -> dict:
             for k, v in scores.items():
                 per_frame[k].append(np.asarray(v))
         if poses is not None:
-            memory.add(ref, fake, poses, scores)
+            short = None
+            if args.memory_check:  # the same frames imagined without the early context
+                k = args.memory_check
+                short_codes = np.asarray(generate.generate(
+                    stage, codes[:, context - k:context], actions[:, context - k:],
+                    jax.random.fold_in(key, i), n_new=predict, spec=spec))
+                short = generate.decode_codes(stage.vqgan, short_codes[:, k:])
+            memory.add(ref, fake, poses, scores, short_fake=short, lpips=lpips)
         if "fvd" in want:
             reals.append(ref)
             fakes.append(fake)
@@ -285,14 +300,24 @@ def run(args) -> dict:
 
 
 class PlaceMemory:
-    """Collects revisits (teco/metrics/revisit.py) batch by batch during evaluation."""
+    """Collects revisits (teco/metrics/revisit.py) batch by batch during evaluation.
 
-    def __init__(self, n_context: int):
-        self.n_context = n_context
+    With `short_context` K > 0 it also holds the same frames imagined from only the last K
+    context frames: on a revisit of a place seen before those K frames, only the full context
+    can know what the place looks like, so the difference is the model's memory. `window` is the
+    model's temporal window (seq_len): a place seen `window` or more frames before its revisit
+    has slid out of the rollout's window, so no memory can reach it.
+    """
+
+    def __init__(self, n_context: int, short_context: int = 0, window: int | None = None):
+        self.n_context, self.short_context, self.window = n_context, short_context, window
         self.videos = 0
         self.is_revisit, self.scores, self.pairs = [], {}, []
+        self.sources, self.short_scores = [], {}
 
-    def add(self, ref_BTHWC, fake_BTHWC, poses, scores: dict) -> None:
+    def add(self, ref_BTHWC, fake_BTHWC, poses, scores: dict, short_fake=None,
+            lpips=None) -> None:
+        """short_fake: uint8 [B, P, H, W, 3], the predicted frames imagined from the last K."""
         from teco.metrics import frame_metrics
         from teco.metrics.revisit import find_revisits, match_pairs
 
@@ -303,10 +328,20 @@ class PlaceMemory:
                                                   which=("psnr", "ssim")))
         for k, v in scores.items():
             self.scores.setdefault(k, []).append(np.asarray(v))
+        short_pairs = None
+        if short_fake is not None:
+            which = tuple(k for k in scores if k != "lpips" or lpips is not None)
+            short = frame_metrics(ref_BTHWC[:, self.n_context:], short_fake, lpips=lpips,
+                                  which=which)
+            for k, v in short.items():
+                self.short_scores.setdefault(k, []).append(np.asarray(v))
+            bi, pi = np.nonzero(source >= 0)
+            short_pairs = short_fake[bi, pi]
         self.is_revisit.append(is_revisit)
+        self.sources.append(source)
         seen, real, fake, where = match_pairs(ref_BTHWC, fake_BTHWC, source, self.n_context)
         where[:, 0] += self.videos
-        self.pairs.append((seen, real, fake, where))
+        self.pairs.append((seen, real, fake, where, short_pairs))
         self.videos += len(ref_BTHWC)
 
     def summary(self, n: int) -> dict:
@@ -320,7 +355,9 @@ class PlaceMemory:
                              f"of a context frame's pose, after being > {AWAY_DISTANCE} cells "
                              f"away or turned past cos {AWAY_COS} in between",
                **revisit_summary(scores, rev)}
-        seen, real, fake, where = self._pairs(n)
+        if self.short_scores:
+            out["memory_check"] = self._memory_check(n, scores)
+        seen, real, fake, where, _ = self._pairs(n)
         if len(seen):
             # How alike the two real views of the place are (what a perfect memory could reach)
             # and how alike the generated view is to what the context showed.
@@ -328,26 +365,70 @@ class PlaceMemory:
                 out[f"psnr_seen_vs_{name}"] = finite_mean(psnr(seen, frames))
         return out
 
+    def _in_window(self, source_NP: np.ndarray) -> np.ndarray:
+        """Revisits whose place was seen fewer than `window` frames before (all if no window)."""
+        t = self.n_context + np.arange(source_NP.shape[-1])
+        return (source_NP >= 0) & ((t - source_NP < self.window) if self.window else True)
+
+    def _memory_check(self, n: int, full: dict) -> dict:
+        """Full context minus last-K context on the same frames (positive = better with the
+        early context): on revisits of places seen only before the last K context frames (all,
+        and those still inside the model's window), and on the frames that revisit nothing (the
+        control, where memory of a place cannot help)."""
+        from teco.metrics.revisit import finite_mean
+
+        source = np.concatenate(self.sources)[:n]
+        only_full_saw = (source >= 0) & (source < self.n_context - self.short_context)
+        in_window = only_full_saw & self._in_window(source)
+        control = source < 0
+        out = {"short_context": self.short_context, "window": self.window,
+               "note": f"the same predicted frames imagined from only the last "
+                       f"{self.short_context} context frames; gains are full - short "
+                       "(LPIPS: short - full), positive = the early context helped; "
+                       "'in_window': the place was seen fewer than `window` frames before",
+               "revisit_frames": int(only_full_saw.sum()),
+               "revisit_frames_in_window": int(in_window.sum()),
+               "control_frames": int(control.sum())}
+        for k, parts in self.short_scores.items():
+            short = np.concatenate(parts)[:n]
+            sign = -1.0 if k == "lpips" else 1.0
+            diff = sign * (full[k] - short)
+            out[f"{k}_full"] = finite_mean(full[k][only_full_saw])
+            out[f"{k}_short"] = finite_mean(short[only_full_saw])
+            out[f"{k}_gain"] = finite_mean(diff[only_full_saw])
+            out[f"{k}_gain_in_window"] = finite_mean(diff[in_window])
+            out[f"{k}_gain_control"] = finite_mean(diff[control])
+        return out
+
     def _pairs(self, n: int):
-        seen, real, fake, where = (np.concatenate(x) for x in zip(*self.pairs))
+        seen, real, fake, where = (np.concatenate(x) for x in list(zip(*self.pairs))[:4])
+        shorts = [p[4] for p in self.pairs]
+        short = np.concatenate(shorts) if all(x is not None for x in shorts) else None
         keep = where[:, 0] < n
-        return seen[keep], real[keep], fake[keep], where[keep]
+        return seen[keep], real[keep], fake[keep], where[keep], \
+            (short[keep] if short is not None else None)
 
     def picture(self, path: Path, title: str, rows: int = 6) -> None:
         from teco import videos
 
-        seen, real, fake, where = self._pairs(self.videos)
+        seen, real, fake, where, short = self._pairs(self.videos)
         if not len(seen):
             return
-        # Per video, the revisit with the longest gap since the place was seen comes first.
-        order = sorted(range(len(where)), key=lambda i: where[i, 1] - where[i, 2])
+        gap = where[:, 2] - where[:, 1]
+        # Revisits the model's window still holds come first (the others no memory can reach),
+        # then one per video, the longest gap since the place was seen first.
+        reach = gap < self.window if self.window else np.ones(len(gap), bool)
+        order = sorted(range(len(where)), key=lambda i: (not reach[i], -gap[i]))
         picked, videos_used = [], set()
         for i in order:
-            if where[i, 0] not in videos_used:
+            if where[i, 0] not in videos_used and reach[i]:
                 picked.append(i), videos_used.add(where[i, 0])
         picked = (picked + [i for i in order if i not in picked])[:rows]
+        extra = None
+        if short is not None:
+            extra = (short[picked], f"from the last {self.short_context} only")
         videos.revisit_strip(path, seen[picked], real[picked], fake[picked], where[picked],
-                             self.n_context, title=title)
+                             self.n_context, title=title, extra_row=extra)
 
 
 def fvd_over_time(i3d, real_NTHWC, fake_NTHWC, window: int) -> dict | None:

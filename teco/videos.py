@@ -153,10 +153,11 @@ def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.nd
 
 def revisit_strip(path: str | os.PathLike, seen_KHWC: np.ndarray, real_KHWC: np.ndarray,
                   fake_KHWC: np.ndarray, where_K3: np.ndarray, n_context: int, *,
-                  scale: int = 2, title: str = "") -> Path:
+                  scale: int = 2, title: str = "", extra_row=None) -> Path:
     """Revisits side by side, one per column: the context frame that showed the place, the real
     frame when the agent came back, and the generated frame at that time; `where_K3` holds
-    (video, frame seen, frame of return) with 0-based frame indices."""
+    (video, frame seen, frame of return) with 0-based frame indices. extra_row: (frames
+    [K, H, W, 3], label), another generated row (e.g. imagined from fewer context frames)."""
     plt = _pyplot()
     k = len(seen_KHWC)
     if not k or not (seen_KHWC.shape == real_KHWC.shape == fake_KHWC.shape) \
@@ -166,10 +167,15 @@ def revisit_strip(path: str | os.PathLike, seen_KHWC: np.ndarray, real_KHWC: np.
                          f"where [K, 3], got {np.shape(where_K3)}")
     h, w = seen_KHWC.shape[1:3]
     scale = max(scale, -(-128 // w))  # room for the labels under small frames
-    rows = ((seen_KHWC, "seen in context", "green"), (real_KHWC, "real on return", "black"),
-            (fake_KHWC, "generated", "red"))
-    fig, axes = plt.subplots(3, k, squeeze=False,
-                             figsize=(k * w * scale / 100 + 0.3, 3 * h * scale / 100 + 0.7))
+    rows = [(seen_KHWC, "seen in context", "green"), (real_KHWC, "real on return", "black"),
+            (fake_KHWC, "generated", "red")]
+    if extra_row is not None:
+        if np.shape(extra_row[0]) != fake_KHWC.shape:
+            raise ValueError(f"revisit_strip: extra row {np.shape(extra_row[0])} differs from "
+                             f"the generated frames {fake_KHWC.shape}")
+        rows.append((extra_row[0], extra_row[1], "orange"))
+    fig, axes = plt.subplots(len(rows), k, squeeze=False,
+                             figsize=(k * w * scale / 100 + 0.3, len(rows) * h * scale / 100 + 0.7))
     for j in range(k):
         video, seen_at, back_at = (int(x) for x in where_K3[j])
         for r, (frames, name, colour) in enumerate(rows):

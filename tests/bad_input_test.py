@@ -210,6 +210,7 @@ EVAL_CUSTOM = ("--protocol=custom", "--context=2", "--predict=4", "--num_videos=
     ("eval", "--num_videos=0", r"argument --num_videos: must be at least 1, got 0"),
     ("eval", "--context=-2", r"argument --context: must be at least 1, got -2"),
     ("eval", "--fvd_chunk=0", r"argument --fvd_chunk: must be at least 1, got 0"),
+    ("eval", "--memory_check=-1", r"argument --memory_check: must be at least 0, got -1"),
 ])
 def test_bad_flag_values(capsys, tmp_path, name, argv, needle):
     expect_error(capsys, cli(name, f"--workdir={tmp_path}", argv), needle)
@@ -274,6 +275,9 @@ def test_clips_longer_than_the_videos(capsys, world, loaded):
                  r"bad\.npz: video has 4 frames, shorter than the run's seq_len=6 \(teacher")
     expect_error(capsys, cli("eval", workdir, "--protocol=custom", "--context=2"),
                  r"protocol custom needs --context and --predict")
+    expect_error(capsys, cli("eval", workdir, *EVAL_CUSTOM, "--memory_check=2"),
+                 r"--memory_check=2 must be at least the model's n_cond=1 and fewer than "
+                 r"--context=2")
     expect_error(capsys, cli("sample", workdir, "--n_context=6"),
                  r"--n_context=6 leaves no frame to predict within the run's eval_seq_len=6: pass "
                  r"--n_new")

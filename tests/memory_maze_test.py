@@ -116,6 +116,10 @@ def test_bad_inputs_raise_clear_errors():
         generate.EpisodePool(workers=0)
     with pytest.raises(ValueError, match="listed name"):
         mm.build("/nonexistent", mm.MemoryMazeConfig(name="tiny", length=8))
+    with pytest.raises(ValueError, match="home_radius"):
+        generate.PolicySpec(home_radius=-1)
+    with pytest.raises(ValueError, match="look_around_prob"):
+        mm.build("/nonexistent", mm.MemoryMazeConfig(name="spin", look_around_prob=2.0))
     assert generate.episode_seed(0, "train", 1) != generate.episode_seed(0, "test", 1)
     assert generate.episode_seed(3, "train", 1) == generate.episode_seed(3, "train", 1)
 
@@ -140,3 +144,41 @@ def test_evaluation_reads_poses_aligned_with_frames(builds, episodes):
         np.testing.assert_array_equal(batch[k][0], ep[k][:T - 4])
     real = np.round((np.asarray(batch["video"][0]) + 1) * 127.5).astype(np.uint8)
     np.testing.assert_array_equal(real, ep["video"][:T - 4])
+
+
+def test_grid_distances_follow_free_cells():
+    layout = np.array([[1, 1, 1],
+                       [0, 0, 1],
+                       [1, 1, 1]], np.uint8)   # [y, x]: a corridor folded around a wall
+    dist = generate.grid_distances(layout, (0, 0))
+    np.testing.assert_array_equal(dist, [[0, 1, 2], [-1, -1, 3], [6, 5, 4]])
+
+
+def _turned_in_one_cell(pos, heading) -> float:
+    """The most the agent turned, in degrees, while it stayed in one cell."""
+    angle = np.degrees(np.arctan2(heading[:, 1], heading[:, 0]))
+    step = np.abs((np.diff(angle) + 180.0) % 360.0 - 180.0)
+    cells = [tuple(c) for c in np.floor(pos).astype(int)]
+    best = run = 0.0
+    for t in range(1, len(cells)):
+        run = run + step[t - 1] if cells[t] == cells[t - 1] else 0.0
+        best = max(best, run)
+    return best
+
+
+def test_neighbourhood_walk_keeps_near_its_start_and_looks_around():
+    """The `revisits` config's policy: goals within home_radius grid steps of the start cell, and
+    at a goal a turn on the spot of 1.5 turns (the views of the first turn come back)."""
+    spec = generate.PolicySpec(home_radius=1, look_around_prob=1.0)
+    seed = generate.episode_seed(0, "test", 0)
+    with generate.EpisodePool(workers=1, policy=spec) as pool:
+        (ep,) = pool.episodes([seed], length=120)
+    cells = {tuple(c) for c in np.floor(ep["agent_pos"]).astype(int)}
+    start = tuple(np.floor(ep["agent_pos"][0]).astype(int))
+    dist = generate.grid_distances(ep["maze_layout"], start)
+    # a shortest path between two cells within 1 step of the start stays within 3 steps of it
+    assert max(dist[y, x] for x, y in cells) <= 3, cells
+    assert _turned_in_one_cell(ep["agent_pos"], ep["agent_dir"]) >= 400.0
+    from teco.metrics.revisit import find_revisits
+    is_revisit, _ = find_revisits(ep["agent_pos"][None], ep["agent_dir"][None], 40)
+    assert is_revisit.mean() > 0.2  # places come back often after the first 40 frames

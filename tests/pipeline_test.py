@@ -39,3 +39,16 @@ def test_headline_states_the_scores_and_the_place_memory():
     assert "FVD 1440.2" in text
     assert "40 of 512 predicted frames" in text and "-0.250 dB" in text
     assert "place memory" not in pipeline.headline(dict(result, revisits=None))
+
+
+def test_headline_states_the_memory_check():
+    check = {"short_context": 8, "revisit_frames": 51, "psnr_full": 18.2, "psnr_short": 16.9,
+             "psnr_gain": 1.3, "psnr_gain_control": 0.1}
+    result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36, "psnr": 17.4,
+              "ssim": 0.57, "lpips": 0.3,
+              "revisits": {"revisit_frames": 60, "predicted_frames": 512, "psnr_revisit": 18.0,
+                           "psnr_other": 17.5, "psnr_gain": 0.5, "memory_check": check}}
+    text = pipeline.headline(result)
+    assert "on 51 revisits of places seen before the last 8 context frames" in text
+    assert "PSNR 18.200 with the whole context vs 16.900 from the last 8" in text
+    assert "gain 1.300 dB" in text and "revisit nothing 0.100 dB" in text

@@ -130,3 +130,39 @@ def test_eval_place_memory_writes_scores_and_picture(tmp_path):
     json.dumps(out)
     memory.picture(tmp_path / "revisits.png", title="test")
     assert (tmp_path / "revisits.png").stat().st_size > 1000
+
+
+def test_memory_check_credits_the_early_context_on_revisits_only(tmp_path):
+    """Full-context frames that show the remembered place beat frames imagined from the last K
+    context frames on those revisits; elsewhere both are the same, so the control gain is 0."""
+    from teco.eval import PlaceMemory
+
+    away = walk(((0.5, 0.5), (5.0, 0.5), EAST, 10), ((5.0, 1.0), (5.0, 4.0), NORTH, 6),
+                ((5.0, 4.0), (0.5, 4.0), WEST, 6), ((0.5, 0.6), (2.3, 0.6), EAST, 4))
+    rng = np.random.default_rng(1)
+    real = rng.integers(0, 256, (1, 26, 16, 16, 3), dtype=np.uint8)
+    is_rev, source = find_revisits(*away, 10)
+    assert (source[is_rev] < 10 - 4).all()  # places seen before the last 4 context frames
+    fake = rng.integers(0, 256, real.shape, dtype=np.uint8)
+    short = fake[:, 10:].copy()
+    for p in np.flatnonzero(is_rev[0]):
+        real[0, 10 + p] = real[0, source[0, p]]
+        fake[0, 10 + p] = real[0, source[0, p]] ^ 1   # remembered
+    from teco.metrics import frame_metrics
+    scores = frame_metrics(real[:, 10:], fake[:, 10:], which=("psnr", "ssim"))
+    gaps = 10 + np.flatnonzero(is_rev[0]) - source[is_rev]
+    assert gaps.min() >= 18 and gaps.max() < 26
+    for window, in_window in ((50, 4), (18, 0)):
+        memory = PlaceMemory(n_context=10, short_context=4, window=window)
+        memory.add(real, fake, away, scores, short_fake=short)
+        check = memory.summary(1)["memory_check"]
+        assert check["short_context"] == 4 and check["window"] == window
+        assert check["revisit_frames"] == 4 and check["control_frames"] == 12
+        assert check["revisit_frames_in_window"] == in_window
+        assert check["psnr_gain"] > 35 and check["ssim_gain"] > 0.9
+        assert check["psnr_gain_control"] == 0 and check["ssim_gain_control"] == 0
+        assert check["psnr_full"] > 45 and check["psnr_short"] < 10
+        assert (check["psnr_gain_in_window"] is None) == (in_window == 0)
+        json.dumps(check)
+    memory.picture(tmp_path / "revisits.png", title="with the short-context row")
+    assert (tmp_path / "revisits.png").stat().st_size > 1000

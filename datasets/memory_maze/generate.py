@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import io
 import itertools
 import logging
@@ -147,43 +148,127 @@ def _cell(pos_xy: np.ndarray) -> tuple[int, int]:
     return int(pos_xy[0]), int(pos_xy[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """How the walking policy behaves (a builder config holds one; the records depend on it).
+
+    random_prob       share of uniformly random actions
+    home_radius       0: goals anywhere in the maze; R > 0: only cells within R grid steps of the
+                      start cell, so the agent keeps to one neighbourhood and sees it again and again
+    look_around_prob  chance, on reaching a goal, of turning on the spot by `look_around_deg`
+                      (more than a full turn: the views of the first turn come back in the second)
+    """
+    random_prob: float = DEFAULT_RANDOM_PROB
+    home_radius: int = 0
+    look_around_prob: float = 0.0
+    look_around_deg: float = 540.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.random_prob <= 1.0:
+            raise ValueError(f"random_prob must be in [0, 1], got {self.random_prob}")
+        if self.home_radius < 0:
+            raise ValueError(f"home_radius must be >= 0, got {self.home_radius}")
+        if not 0.0 <= self.look_around_prob <= 1.0:
+            raise ValueError(f"look_around_prob must be in [0, 1], got {self.look_around_prob}")
+        if self.look_around_deg <= 0:
+            raise ValueError(f"look_around_deg must be > 0, got {self.look_around_deg}")
+
+
+def grid_distances(layout: np.ndarray, start: tuple[int, int]) -> np.ndarray:
+    """Steps along free cells from `start` (x, y) to every cell, -1 where unreachable; [y, x]."""
+    dist = np.full(layout.shape, -1, np.int64)
+    dist[start[1], start[0]] = 0
+    frontier = collections.deque([start])
+    while frontier:
+        x, y = frontier.popleft()
+        for nx, ny in ((x + 1, y), (x - 1, y), (x, y + 1), (x, y - 1)):
+            if (0 <= ny < layout.shape[0] and 0 <= nx < layout.shape[1] and layout[ny, nx]
+                    and dist[ny, nx] < 0):
+                dist[ny, nx] = dist[y, x] + 1
+                frontier.append((nx, ny))
+    return dist
+
+
+def _heading_deg(heading: np.ndarray) -> float:
+    return float(np.degrees(np.arctan2(heading[1], heading[0])))
+
+
 class ShortestPathPolicy:
     """Walks to random free cells along shortest grid paths, with a few random actions.
 
     Purely random actions mostly stare at walls; this covers the maze like DMLab's random
     traversals. The path is re-planned from the current cell every step (BFS on 81 cells is
-    cheap), so random actions and bumps into corners never derail it.
+    cheap), so random actions and bumps into corners never derail it. `PolicySpec` can keep the
+    goals near the start cell and add look-arounds at the goals (places then come back within
+    seconds, which is what a model's memory is measured on).
     """
 
-    def __init__(self, rng: np.random.Generator, random_prob: float = DEFAULT_RANDOM_PROB):
-        if not 0.0 <= random_prob <= 1.0:
-            raise ValueError(f"random_prob must be in [0, 1], got {random_prob}")
+    def __init__(self, rng: np.random.Generator, spec: PolicySpec | float = PolicySpec()):
+        if not isinstance(spec, PolicySpec):  # a bare random_prob
+            spec = PolicySpec(random_prob=float(spec))
         self._rng = rng
-        self._random_prob = random_prob
+        self._spec = spec
         self._goal = None
+        self._goal_cells = None
+        self._spin = None  # (action, degrees still to turn, last heading in degrees)
 
     def _new_goal(self, layout: np.ndarray, current: tuple[int, int]) -> tuple[int, int]:
-        ys, xs = np.nonzero(layout)
-        cells = [(int(x), int(y)) for x, y in zip(xs, ys) if (x, y) != current]
+        if self._goal_cells is None:
+            free = layout > 0
+            if self._spec.home_radius:
+                dist = grid_distances(layout, current)
+                free &= (dist >= 0) & (dist <= self._spec.home_radius)
+            ys, xs = np.nonzero(free)
+            self._goal_cells = [(int(x), int(y)) for x, y in zip(xs, ys)]
+        cells = [c for c in self._goal_cells if c != current]
+        if not cells:  # a neighbourhood of one cell: look around where it stands
+            return current
         return cells[self._rng.integers(len(cells))]
+
+    def _spinning(self, heading: np.ndarray) -> int | None:
+        """The next look-around action, or None when there is no look-around under way."""
+        if self._spin is None:
+            return None
+        action, left, last = self._spin
+        now = _heading_deg(heading)
+        left -= abs((now - last + 180.0) % 360.0 - 180.0)
+        if left <= 0:
+            self._spin = None
+            return None
+        self._spin = (action, left, now)
+        return action
 
     def __call__(self, obs: dict) -> int:
         from memory_maze.oracle import breadth_first_search
 
-        if self._rng.random() < self._random_prob:
+        heading = np.asarray(obs["agent_dir"], np.float64)
+        spin_action = self._spinning(heading)
+        if self._rng.random() < self._spec.random_prob:
             return int(self._rng.integers(NUM_ACTIONS))
+        if spin_action is not None:
+            return spin_action
         layout = obs["maze_layout"]
         pos = np.asarray(obs["agent_pos"], np.float64)
         current = _cell(pos)
         if self._goal is None or self._goal == current:
+            # (no draw when look-arounds are off: the plain walk's random stream stays as it was)
+            if (self._goal == current and self._spec.look_around_prob > 0
+                    and self._rng.random() < self._spec.look_around_prob):
+                action = _LEFT if self._rng.random() < 0.5 else _RIGHT
+                self._spin = (action, self._spec.look_around_deg, _heading_deg(heading))
+                self._goal = None
+                return action
             self._goal = self._new_goal(layout, current)
+            if self._goal == current:
+                self._spin = (_LEFT, self._spec.look_around_deg, _heading_deg(heading))
+                self._goal = None
+                return _LEFT
         path = breadth_first_search(layout, current, self._goal)  # [(x, y), ...] from current
         if not path:  # off the free cells (never seen) or goal unreachable: pick another goal
             self._goal = None
             return int(self._rng.integers(NUM_ACTIONS))
         waypoint = np.asarray(path[1] if len(path) > 1 else path[0], np.float64) + 0.5
         to_go = waypoint - pos
-        heading = np.asarray(obs["agent_dir"], np.float64)
         # Signed angle from heading to the waypoint; positive = counter-clockwise = "left".
         angle = np.degrees(np.arctan2(heading[0] * to_go[1] - heading[1] * to_go[0],
                                       heading @ to_go))
@@ -198,7 +283,7 @@ class ShortestPathPolicy:
         return _FORWARD
 
 
-def run_episode(env, seed: int, length: int, random_prob: float = DEFAULT_RANDOM_PROB,
+def run_episode(env, seed: int, length: int, policy: PolicySpec | float = PolicySpec(),
                 reseed_env: bool = True, with_reward: bool = False) -> dict[str, np.ndarray]:
     """Renders one episode of `length` frames (layout in the module docstring).
 
@@ -210,7 +295,7 @@ def run_episode(env, seed: int, length: int, random_prob: float = DEFAULT_RANDOM
     if reseed_env:
         reseed(env, seed)
     # The policy's stream is separate from the env's, so the maze does not depend on the policy.
-    policy = ShortestPathPolicy(np.random.default_rng([seed, 1]), random_prob)
+    walker = ShortestPathPolicy(np.random.default_rng([seed, 1]), policy)
     video = np.empty((length, FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
     actions = np.zeros((length,), np.int32)
     agent_pos = np.empty((length, 2), np.float32)
@@ -220,7 +305,7 @@ def run_episode(env, seed: int, length: int, random_prob: float = DEFAULT_RANDOM
     layout = np.array(obs["maze_layout"], np.uint8)
     for t in range(length):
         if t > 0:
-            actions[t] = policy(obs)
+            actions[t] = walker(obs)
             step = env.step(int(actions[t]))
             obs = step.observation
             reward[t] = step.reward or 0.0
@@ -290,9 +375,9 @@ def _worker_init(fast: bool) -> None:
     _WORKER_ENV = make_env(0, fast=fast)
 
 
-def _worker_episode(job: tuple[int, int, float]) -> dict[str, np.ndarray]:
-    seed, length, random_prob = job
-    return run_episode(_WORKER_ENV, seed, length, random_prob)
+def _worker_episode(job: tuple[int, int, PolicySpec]) -> dict[str, np.ndarray]:
+    seed, length, policy = job
+    return run_episode(_WORKER_ENV, seed, length, policy)
 
 
 def default_workers() -> int:
@@ -314,12 +399,12 @@ class EpisodePool:
     """
 
     def __init__(self, workers: int | None = None, fast: bool = True,
-                 random_prob: float = DEFAULT_RANDOM_PROB, log_every_s: float = 10.0):
+                 policy: PolicySpec | float = PolicySpec(), log_every_s: float = 10.0):
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._fast = fast
-        self._random_prob = random_prob
+        self._policy = policy if isinstance(policy, PolicySpec) else PolicySpec(float(policy))
         self._log_every_s = log_every_s
         self._executor = None
 
@@ -343,7 +428,7 @@ class EpisodePool:
                              "`with EpisodePool(...) as pool`")
         if not 1 <= length <= MAX_LENGTH:
             raise ValueError(f"length must be in [1, {MAX_LENGTH}], got {length}")
-        jobs = iter([(int(s), int(length), self._random_prob) for s in seeds])
+        jobs = iter([(int(s), int(length), self._policy) for s in seeds])
         # A bounded window of submitted episodes keeps every worker busy without piling up frames.
         pending = collections.deque(
             self._executor.submit(_worker_episode, job)

@@ -10,7 +10,9 @@ Configs (64x64 frames; build times measured with 2 workers on the shared 2-core 
 the pool renders ~70 frames/s, resets and env builds included):
 
     default   train 240 / test 24 episodes x 300 frames   (79,200 frames, ~300 MB, ~15-20 min)
-    small     train 24 / test 8 episodes x 300 frames      (9,600 frames, 36 MB, 3 min)
+    small     train 64 / test 8 episodes x 300 frames      (21,600 frames, ~80 MB, ~2-4 min)
+    revisits  as small, but the walk keeps within 2 cells of its start and turns on the spot
+              by 1.5 turns at half of its goals: places come back within seconds (the demo's)
     tiny      train 2 / test 1 episodes x 16 frames        (for tests, ~15-20 s)
 
 Every record is one episode (feature layout in generate.py's docstring):
@@ -54,6 +56,14 @@ class MemoryMazeConfig(tfds.core.BuilderConfig):
     seed: int = 0
     workers: int | None = None
     random_prob: float = generate.DEFAULT_RANDOM_PROB
+    # 0 = goals anywhere; R = goals within R grid steps of the start cell (generate.PolicySpec)
+    home_radius: int = 0
+    look_around_prob: float = 0.0
+
+    @property
+    def policy(self) -> generate.PolicySpec:
+        return generate.PolicySpec(random_prob=self.random_prob, home_radius=self.home_radius,
+                                   look_around_prob=self.look_around_prob)
 
 
 DEFAULT = MemoryMazeConfig(
@@ -62,6 +72,14 @@ DEFAULT = MemoryMazeConfig(
 SMALL = MemoryMazeConfig(
     name="small", description="64 + 8 episodes of 300 frames, for demos (~4 min on 2 cores).",
     episodes_train=64, episodes_test=8, length=300)
+# The demo's set: the agent keeps to the cells within 2 steps of where it started and, at half
+# of its goals, turns on the spot by one and a half turns, so a place that left the view comes
+# back within seconds, inside a 50-frame training window (what the demo's place memory needs).
+REVISITS = MemoryMazeConfig(
+    name="revisits", description=(
+        "64 + 8 episodes of 300 frames that keep to a neighbourhood and look around, so places "
+        "come back within seconds (~4 min on 2 cores)."),
+    episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5)
 TINY = MemoryMazeConfig(
     name="tiny", description="2 + 1 episodes of 16 frames, for tests.",
     episodes_train=2, episodes_test=1, length=16)
@@ -77,6 +95,7 @@ def _check_config(config: MemoryMazeConfig) -> None:
         raise ValueError(f"seed must be >= 0, got {config.seed}")
     if config.workers is not None and config.workers < 1:
         raise ValueError(f"workers must be >= 1 or None, got {config.workers}")
+    config.policy  # checks the policy's fields
 
 
 class MemoryMaze(tfds.core.GeneratorBasedBuilder):
@@ -84,7 +103,7 @@ class MemoryMaze(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [DEFAULT, SMALL, TINY]
+    BUILDER_CONFIGS = [DEFAULT, SMALL, REVISITS, TINY]
     DEFAULT_CONFIG_NAME = "default"
 
     def __init__(self, *, file_format: str | None = None, workers: int | None = None,
@@ -104,9 +123,12 @@ class MemoryMaze(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(
             description=(
                 "First-person walks through random 9x9 Memory Maze levels (DMLab-like), rendered "
-                "locally: a policy walks to random cells along shortest paths with "
-                f"{c.random_prob:.0%} random actions. actions[t] is the action that led to "
-                "frame t; actions[0] = 0 (no-op)."),
+                "locally: a policy walks to random cells"
+                + (f" within {c.home_radius} steps of its start" if c.home_radius else "")
+                + f" along shortest paths with {c.random_prob:.0%} random actions"
+                + (f", turning on the spot by 1.5 turns at {c.look_around_prob:.0%} of its goals"
+                   if c.look_around_prob else "")
+                + ". actions[t] is the action that led to frame t; actions[0] = 0 (no-op)."),
             features=tfds.features.FeaturesDict({
                 # zlib: without an encoding TFDS stores uint8 as int64 (8x larger).
                 "video": tensor(shape=(t, s, s, 3), dtype=np.uint8, encoding="zlib"),
@@ -125,8 +147,7 @@ class MemoryMaze(tfds.core.GeneratorBasedBuilder):
     def _download_and_prepare(self, dl_manager, download_config):
         _check_config(self.builder_config)
         # One pool (and one env per worker) for both splits: building an env takes ~5 s.
-        random_prob = self.builder_config.random_prob
-        with generate.EpisodePool(self._workers, random_prob=random_prob) as pool:
+        with generate.EpisodePool(self._workers, policy=self.builder_config.policy) as pool:
             self._pool = pool
             try:
                 return super()._download_and_prepare(dl_manager, download_config)
@@ -163,7 +184,7 @@ def build(data_dir: str, config: str | MemoryMazeConfig = "small",
           workers: int | None = None) -> MemoryMaze:
     """Generates and writes the data set (no-op if already built); returns the builder.
 
-    config: a listed name ("default", "small", "tiny") or a MemoryMazeConfig with a new name.
+    config: a listed name ("default", "small", "revisits", "tiny") or a MemoryMazeConfig with a new name.
     workers overrides config.workers (the records do not depend on it). Read the result with
     `build(...).as_data_source("train")`.
     """
