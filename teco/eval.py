@@ -201,7 +201,7 @@ def run(args) -> dict:
     per_frame = {k: [] for k in ("psnr", "ssim", "lpips") if k in want}
     reals, fakes, saved = [], [], []
     memory = PlaceMemory(context, short_context=args.memory_check,
-                         window=int(stage.config.seq_len))
+                         window=int(stage.model.seq_len))
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()

@@ -238,6 +238,11 @@ class ShortestPathPolicy:
         self._spin = (action, left, now)
         return action
 
+    def _start_spin(self, action: int, heading: np.ndarray) -> int:
+        self._spin = (action, self._spec.look_around_deg, _heading_deg(heading))
+        self._goal = None  # a new goal once the look-around is over
+        return action
+
     def __call__(self, obs: dict) -> int:
         from memory_maze.oracle import breadth_first_search
 
@@ -254,15 +259,10 @@ class ShortestPathPolicy:
             # (no draw when look-arounds are off: the plain walk's random stream stays as it was)
             if (self._goal == current and self._spec.look_around_prob > 0
                     and self._rng.random() < self._spec.look_around_prob):
-                action = _LEFT if self._rng.random() < 0.5 else _RIGHT
-                self._spin = (action, self._spec.look_around_deg, _heading_deg(heading))
-                self._goal = None
-                return action
+                return self._start_spin(_LEFT if self._rng.random() < 0.5 else _RIGHT, heading)
             self._goal = self._new_goal(layout, current)
             if self._goal == current:
-                self._spin = (_LEFT, self._spec.look_around_deg, _heading_deg(heading))
-                self._goal = None
-                return _LEFT
+                return self._start_spin(_LEFT, heading)
         path = breadth_first_search(layout, current, self._goal)  # [(x, y), ...] from current
         if not path:  # off the free cells (never seen) or goal unreachable: pick another goal
             self._goal = None
