@@ -313,7 +313,7 @@ class PlaceMemory:
         self.n_context, self.short_context, self.window = n_context, short_context, window
         self.videos = 0
         self.is_revisit, self.scores, self.pairs = [], {}, []
-        self.sources, self.short_scores = [], {}
+        self.sources, self.short_scores, self.short_pairs = [], {}, []
 
     def add(self, ref_BTHWC, fake_BTHWC, poses, scores: dict, short_fake=None,
             lpips=None) -> None:
@@ -328,20 +328,19 @@ class PlaceMemory:
                                                   which=("psnr", "ssim")))
         for k, v in scores.items():
             self.scores.setdefault(k, []).append(np.asarray(v))
-        short_pairs = None
         if short_fake is not None:
             which = tuple(k for k in scores if k != "lpips" or lpips is not None)
             short = frame_metrics(ref_BTHWC[:, self.n_context:], short_fake, lpips=lpips,
                                   which=which)
             for k, v in short.items():
                 self.short_scores.setdefault(k, []).append(np.asarray(v))
-            bi, pi = np.nonzero(source >= 0)
-            short_pairs = short_fake[bi, pi]
         self.is_revisit.append(is_revisit)
         self.sources.append(source)
         seen, real, fake, where = match_pairs(ref_BTHWC, fake_BTHWC, source, self.n_context)
+        if short_fake is not None:
+            self.short_pairs.append(short_fake[where[:, 0], where[:, 2] - self.n_context])
         where[:, 0] += self.videos
-        self.pairs.append((seen, real, fake, where, short_pairs))
+        self.pairs.append((seen, real, fake, where))
         self.videos += len(ref_BTHWC)
 
     def summary(self, n: int) -> dict:
@@ -365,11 +364,6 @@ class PlaceMemory:
                 out[f"psnr_seen_vs_{name}"] = finite_mean(psnr(seen, frames))
         return out
 
-    def _in_window(self, source_NP: np.ndarray) -> np.ndarray:
-        """Revisits whose place was seen fewer than `window` frames before (all if no window)."""
-        t = self.n_context + np.arange(source_NP.shape[-1])
-        return (source_NP >= 0) & ((t - source_NP < self.window) if self.window else True)
-
     def _memory_check(self, n: int, full: dict) -> dict:
         """Full context minus last-K context on the same frames (positive = better with the
         early context): on revisits of places seen only before the last K context frames (all,
@@ -379,7 +373,8 @@ class PlaceMemory:
 
         source = np.concatenate(self.sources)[:n]
         only_full_saw = (source >= 0) & (source < self.n_context - self.short_context)
-        in_window = only_full_saw & self._in_window(source)
+        gap = self.n_context + np.arange(source.shape[-1]) - source
+        in_window = only_full_saw & ((gap < self.window) if self.window else True)
         control = source < 0
         out = {"short_context": self.short_context, "window": self.window,
                "note": f"the same predicted frames imagined from only the last "
@@ -401,12 +396,10 @@ class PlaceMemory:
         return out
 
     def _pairs(self, n: int):
-        seen, real, fake, where = (np.concatenate(x) for x in list(zip(*self.pairs))[:4])
-        shorts = [p[4] for p in self.pairs]
-        short = np.concatenate(shorts) if all(x is not None for x in shorts) else None
+        seen, real, fake, where = (np.concatenate(x) for x in zip(*self.pairs))
         keep = where[:, 0] < n
-        return seen[keep], real[keep], fake[keep], where[keep], \
-            (short[keep] if short is not None else None)
+        short = np.concatenate(self.short_pairs)[keep] if self.short_pairs else None
+        return seen[keep], real[keep], fake[keep], where[keep], short
 
     def picture(self, path: Path, title: str, rows: int = 6) -> None:
         from teco import videos
@@ -425,7 +418,7 @@ class PlaceMemory:
                 picked.append(i), videos_used.add(where[i, 0])
         picked = (picked + [i for i in order if i not in picked])[:rows]
         extra = None
-        if short is not None:
+        if short is not None:  # the same revisits imagined from the last K context frames
             extra = (short[picked], f"from the last {self.short_context} only")
         videos.revisit_strip(path, seen[picked], real[picked], fake[picked], where[picked],
                              self.n_context, title=title, extra_row=extra)
