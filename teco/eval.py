@@ -369,7 +369,7 @@ class PlaceMemory:
         early context): on revisits of places seen only before the last K context frames (all,
         and those still inside the model's window), and on the frames that revisit nothing (the
         control, where memory of a place cannot help)."""
-        from teco.metrics.revisit import finite_mean
+        from teco.metrics.revisit import finite_mean, memory_effect
 
         source = np.concatenate(self.sources)[:n]
         only_full_saw = (source >= 0) & (source < self.n_context - self.short_context)
@@ -380,7 +380,9 @@ class PlaceMemory:
                "note": f"the same predicted frames imagined from only the last "
                        f"{self.short_context} context frames; gains are full - short "
                        "(LPIPS: short - full), positive = the early context helped; "
-                       "'in_window': the place was seen fewer than `window` frames before",
+                       "'in_window': the place was seen fewer than `window` frames before; "
+                       "'memory_effect': gain in window minus gain on control frames, with a "
+                       "bootstrap interval over the videos (memory shows when it is above 0)",
                "revisit_frames": int(only_full_saw.sum()),
                "revisit_frames_in_window": int(in_window.sum()),
                "control_frames": int(control.sum())}
@@ -393,6 +395,7 @@ class PlaceMemory:
             out[f"{k}_gain"] = finite_mean(diff[only_full_saw])
             out[f"{k}_gain_in_window"] = finite_mean(diff[in_window])
             out[f"{k}_gain_control"] = finite_mean(diff[control])
+            out[f"{k}_memory_effect"] = memory_effect(diff, in_window, control)
         return out
 
     def _pairs(self, n: int):

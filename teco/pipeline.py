@@ -211,6 +211,17 @@ def headline(result: dict) -> str:
                 f"with the whole context vs {fmt(check.get('psnr_short'))} from the last "
                 f"{check['short_context']} (gain {fmt(check.get('psnr_gain'))} dB; on frames "
                 f"that revisit nothing {fmt(check.get('psnr_gain_control'))} dB)")
+            effect = check.get("psnr_memory_effect")
+            if effect:
+                lo, hi = effect["interval"]
+                verdict = ("the model keeps the places it saw" if lo > 0 else
+                           "no memory of places shown" if hi >= 0 else
+                           "the early context hurts revisits")
+                lines.append(
+                    f"memory effect (gain on the {check['revisit_frames_in_window']} revisits "
+                    f"inside the model's window minus gain on the control frames): "
+                    f"{effect['effect']:+.3f} dB, {effect['level']:.0%} interval over "
+                    f"{effect['videos']} videos [{lo:+.3f}, {hi:+.3f}]: {verdict}")
     return "\n".join(lines)
 
 

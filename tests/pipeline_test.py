@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from teco import pipeline
 
@@ -52,3 +53,21 @@ def test_headline_states_the_memory_check():
     assert "on 51 revisits of places seen before the last 8 context frames" in text
     assert "PSNR 18.200 with the whole context vs 16.900 from the last 8" in text
     assert "gain 1.300 dB" in text and "revisit nothing 0.100 dB" in text
+
+
+@pytest.mark.parametrize("interval, verdict", [((0.2, 1.4), "the model keeps the places it saw"),
+                                               ((-0.5, 0.9), "no memory of places shown"),
+                                               ((-1.2, -0.1), "the early context hurts revisits")])
+def test_headline_judges_the_memory_effect_by_its_interval(interval, verdict):
+    check = {"short_context": 8, "revisit_frames": 51, "revisit_frames_in_window": 30,
+             "psnr_full": 18.2, "psnr_short": 16.9, "psnr_gain": 1.3, "psnr_gain_control": 0.1,
+             "psnr_memory_effect": {"effect": 0.8, "interval": list(interval), "level": 0.95,
+                                    "videos": 8}}
+    result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36, "psnr": 17.4,
+              "ssim": 0.57, "lpips": 0.3,
+              "revisits": {"revisit_frames": 60, "predicted_frames": 512, "psnr_revisit": 18.0,
+                           "psnr_other": 17.5, "psnr_gain": 0.5, "memory_check": check}}
+    line = pipeline.headline(result).splitlines()[-1]
+    assert line.startswith("memory effect (gain on the 30 revisits inside the model's window")
+    assert f"+0.800 dB, 95% interval over 8 videos [{interval[0]:+.3f}, {interval[1]:+.3f}]" in line
+    assert line.endswith(verdict)

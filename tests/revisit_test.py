@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from teco.metrics.revisit import find_revisits, match_pairs, revisit_summary
+from teco.metrics.revisit import find_revisits, match_pairs, memory_effect, revisit_summary
 
 EAST, WEST, NORTH = (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)
 
@@ -163,6 +163,39 @@ def test_memory_check_credits_the_early_context_on_revisits_only(tmp_path):
         assert check["psnr_gain_control"] == 0 and check["ssim_gain_control"] == 0
         assert check["psnr_full"] > 45 and check["psnr_short"] < 10
         assert (check["psnr_gain_in_window"] is None) == (in_window == 0)
+        effect = check["psnr_memory_effect"]
+        if in_window:  # one video: every resample is that video, the interval is a point
+            assert effect["effect"] > 35 and effect["videos"] == 1
+            assert effect["interval"] == pytest.approx([effect["effect"]] * 2)
+        else:
+            assert effect is None
         json.dumps(check)
     memory.picture(tmp_path / "revisits.png", title="with the short-context row")
     assert (tmp_path / "revisits.png").stat().st_size > 1000
+
+
+def test_memory_effect_interval_covers_the_truth_and_widens_with_fewer_videos():
+    rng = np.random.default_rng(0)
+    n, p = 64, 40
+    revisit = rng.random((n, p)) < 0.3
+    control = ~revisit
+    # gains: 1 dB more on revisits, plus a per-video offset shared by all its frames
+    gain = 0.2 + 1.0 * revisit + rng.normal(0, 1.0, (n, 1)) + rng.normal(0, 0.5, (n, p))
+    gain[0, 0] = np.inf  # an identical frame pair: skipped, not averaged in
+    wide = memory_effect(gain[:8], revisit[:8], control[:8])
+    tight = memory_effect(gain, revisit, control)
+    assert tight["videos"] == 64 and wide["videos"] == 8 and tight["level"] == 0.95
+    lo, hi = tight["interval"]
+    assert lo < 1.0 < hi and lo > 0.5 and abs(tight["effect"] - 1.0) < 0.2
+    assert hi - lo < wide["interval"][1] - wide["interval"][0]
+    assert memory_effect(gain, revisit, control) == tight  # seeded: the same interval again
+    no_effect = memory_effect(gain - 1.0 * revisit, revisit, control)
+    assert no_effect["interval"][0] < 0 < no_effect["interval"][1]
+
+
+def test_memory_effect_needs_both_sets_and_matching_shapes():
+    gain = np.zeros((2, 5))
+    none = np.zeros((2, 5), bool)
+    assert memory_effect(gain, none, ~none) is None and memory_effect(gain, ~none, none) is None
+    with pytest.raises(ValueError, match="differ"):
+        memory_effect(gain, np.zeros((2, 4), bool), ~none)
