@@ -2,6 +2,7 @@
 
     python -m teco.pipeline --workdir=outputs/demo                 # Memory Maze, CPU-sized
     python -m teco.pipeline --workdir=/tmp/p --preset=tiny          # seconds-scale smoke run
+    python -m teco.pipeline --workdir=outputs/demo --teco_steps=5000 # train TECO on, re-score
 
 Every stage writes into `--workdir` and is skipped when a previous run finished it (the data
 set is built once, a finished training is not repeated, a stage whose input changed is redone):
@@ -27,7 +28,7 @@ from absl import logging
 
 PRESETS = {
     # name: data set build, stage configs and their step counts (None = the config's), rollout
-    # and eval sizes, and the minutes each stage took on a quiet 2-core CPU machine (for the ETA).
+    # and eval sizes, and the minutes each stage took on a 2-core CPU machine (for the ETA).
     "demo": dict(data=("memory_maze", "revisits"), vqgan="configs/memory_maze_vqgan.py",
                  teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=900,
                  # a held-out evaluation every ~3 minutes is enough to watch a short run
@@ -41,7 +42,9 @@ PRESETS = {
                  # 36 -> 64) and draft-and-revise at temperature 0.5 (PSNR 10.8) collapse into
                  # frames of one wall; draft-and-revise at temperature 1 gives PSNR 16.6, LPIPS 0.43.
                  sampler=(),
-                 minutes=dict(data=2.0, vqgan=6.5, encode=1.5, teco=16.5, sample=0.5, eval=4.5)),
+                 # measured 2026-12-02 (a slow day of the machine: 44 min; 31 min on 12-01),
+                 # so the banner does not promise more than a slow machine keeps
+                 minutes=dict(data=2.2, vqgan=10.8, encode=2.5, teco=24.1, sample=0.5, eval=4.2)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
@@ -117,10 +120,17 @@ def finished(workdir: Path, total: int) -> bool:
     return ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= total for p in ckpts.iterdir())
 
 
-def run(workdir: Path, preset_name: str, data_dir: Path | None) -> dict:
+def run(workdir: Path, preset_name: str, data_dir: Path | None,
+        teco_steps: int | None = None) -> dict:
+    """teco_steps: TECO's length instead of the preset's; more than a finished run's continues
+    it from its last checkpoint under a cosine schedule to the new end."""
     from teco import encode, eval as teco_eval, sample, train
 
-    preset = PRESETS[preset_name]
+    preset = dict(PRESETS[preset_name])
+    if teco_steps is not None:
+        minutes = dict(preset["minutes"])
+        minutes["teco"] *= teco_steps / preset["teco_steps"]
+        preset.update(teco_steps=teco_steps, minutes=minutes)
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or workdir / "data"
     t0 = time.time()
@@ -226,10 +236,15 @@ def headline(result: dict) -> str:
 
 
 def main(argv=None) -> int:
+    from teco.sample import at_least
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="outputs/demo")
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
     p.add_argument("--data_dir", default=None, help="where data sets live (default: <workdir>/data)")
+    p.add_argument("--teco_steps", type=at_least(1), default=None, metavar="N",
+                   help="TECO training steps instead of the preset's (demo: "
+                        f"{PRESETS['demo']['teco_steps']}); more than a finished run's continues it")
     args = p.parse_args(argv)
     from teco import train
     from teco.train import quiet_library_logs
@@ -237,7 +252,8 @@ def main(argv=None) -> int:
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
     try:
-        run(Path(args.workdir), args.preset, Path(args.data_dir) if args.data_dir else None)
+        run(Path(args.workdir), args.preset, Path(args.data_dir) if args.data_dir else None,
+            teco_steps=args.teco_steps)
     except train.Interrupted as e:  # preempted inside a training stage: saved, resumable
         print(str(e), file=sys.stderr)
         return 0

@@ -28,6 +28,19 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert pipeline.finished(tmp_path / "vqgan", 6) and pipeline.finished(tmp_path / "teco", 6)
     stamp = json.loads((tmp_path / "codes" / "stamp.json").read_text())
     assert pipeline._stamped(tmp_path / "codes" / "stamp.json", **stamp)
+    # --teco_steps past the finished run trains TECO on from its last checkpoint and re-scores.
+    vq_ckpts = sorted(p.name for p in (tmp_path / "vqgan" / "checkpoints").iterdir())
+    assert pipeline.main([f"--workdir={tmp_path}", "--preset=tiny", "--teco_steps=8"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint_step"] == 8
+    assert sorted(p.name for p in (tmp_path / "vqgan" / "checkpoints").iterdir()) == vq_ckpts
+
+
+def test_bad_teco_steps_is_one_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        pipeline.main([f"--workdir={tmp_path / 'w'}", "--teco_steps=0"])
+    assert e.value.code == 2
+    assert "argument --teco_steps: must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_headline_states_the_scores_and_the_place_memory():
