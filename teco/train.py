@@ -483,8 +483,11 @@ def quiet_library_logs() -> None:
     noisy = ("/orbax/", "/tensorflow_datasets/")
 
     def keep(record) -> bool:
-        if "Requested `tracked_metric`" in str(record.msg):  # saves between evaluations
+        message = str(record.msg)
+        if "Requested `tracked_metric`" in message:  # saves between evaluations
             return False
+        if "read_only=True" in message or "directory is read only" in message:
+            return False  # sample/eval open checkpoints read-only on purpose
         library = any(n in record.pathname for n in noisy)
         if library and record.exc_info:
             # Orbax logs a failed write with its traceback from every thread it passed through;

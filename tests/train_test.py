@@ -162,3 +162,30 @@ def test_multihost_detection(monkeypatch):
     assert train.maybe_initialize_distributed("auto") and calls == [1]
     with pytest.raises(ValueError, match="multihost"):
         train.maybe_initialize_distributed("maybe")
+
+
+def test_quiet_library_logs_drops_read_only_notices_and_keeps_warnings():
+    import logging as std_logging
+
+    from absl import logging
+
+    from teco.train import quiet_library_logs
+
+    absl_logger = logging.get_absl_logger()
+    before = list(absl_logger.filters)
+    try:
+        quiet_library_logs()
+        keep = [f for f in absl_logger.filters if f not in before][0]
+
+        def record(level, msg, path="/site-packages/orbax/checkpoint/checkpoint_manager.py"):
+            return std_logging.LogRecord("absl", level, path, 1, msg, None, None)
+
+        assert not keep(record(std_logging.WARNING,
+                               "CheckpointManagerOptions.read_only=True, setting create=False."))
+        assert not keep(record(std_logging.WARNING, "Given directory is read only=/w/checkpoints"))
+        assert not keep(record(std_logging.INFO, "Saving checkpoint at step 3"))
+        assert keep(record(std_logging.WARNING, "Could not write the checkpoint: disk full"))
+        assert keep(record(std_logging.INFO, "step 3/10", path="/teco/train.py"))
+    finally:
+        for f in absl_logger.filters[len(before):]:
+            absl_logger.removeFilter(f)
