@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,12 @@ def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8) 
         # H.264 wants even sizes.
         h, w = frames.shape[1:3]
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
-        iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
+        # imageio-ffmpeg starts ffmpeg with fork + exec: the child runs no Python, so JAX's
+        # warning about forking a multithreaded process does not apply.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                                    category=RuntimeWarning)
+            iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
     else:
         raise ValueError(f"{path}: video files are .mp4 or .gif")
     return path

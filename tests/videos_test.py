@@ -51,3 +51,20 @@ def test_fvd_over_time_grows_where_the_videos_part(tmp_path):
     assert fvd_over_time(MeanColourFeatures(), real, fake, 4) is None    # shorter than I3D needs
     path = videos.plot_fvd(tmp_path / "fvd.png", w["start"], w["fvd"], 10, 20)
     assert path.stat().st_size > 0
+
+
+def test_mp4_writing_under_jax_raises_no_fork_warning(tmp_path):
+    """ffmpeg is started with fork + exec after JAX has threads; that warning is noise here."""
+    import warnings
+
+    import jax.numpy as jnp
+
+    from teco.videos import write_video
+
+    jnp.zeros(4).block_until_ready()  # JAX's thread pools exist
+    frames = np.zeros((3, 15, 17, 3), np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_video(tmp_path / "v.mp4", frames)
+    assert path.stat().st_size > 0
+    assert not [w for w in caught if "fork" in str(w.message)]
