@@ -103,7 +103,10 @@ def send(signum, times=1):
         # Never deliver a signal the trainer is not handling (it would stop pytest itself).
         assert signal.getsignal(signum) not in (signal.SIG_DFL, signal.default_int_handler)
         for _ in range(times):
-            os.kill(os.getpid(), signum)
+            # raise_signal delivers to this (the main) thread at once, so the handler runs before
+            # the next one; os.kill may land on an XLA or grain thread, and two pending signals
+            # then merge into one (the second Ctrl-C test failed that way under load).
+            signal.raise_signal(signum)
         return batch
     return hook
 
