@@ -58,6 +58,10 @@ def parse(argv):
     p.add_argument("--predict", type=at_least(1), default=None,
                    help="override the predicted frames")
     p.add_argument("--num_videos", type=at_least(1), default=16)
+    p.add_argument("--clips_per_episode", type=at_least(1), default=1, metavar="K",
+                   help="cut K clips of context + predict frames one after another from each "
+                   "held-out episode (more videos from few episodes; intervals then resample "
+                   "whole episodes)")
     p.add_argument("--batch_size", type=at_least(1), default=4)
     p.add_argument("--reference", choices=["real", "reconstruction"], default="real")
     p.add_argument("--no_actions", action="store_true", help="condition on no actions at all")
@@ -81,7 +85,9 @@ def parse(argv):
 
 
 def pixel_iterator(stage, args, total: int):
-    """Held-out clips of `total` real frames from the pixel data set (uint8 on the host)."""
+    """Held-out clips of `total` real frames from the pixel data set (uint8 on the host), with
+    the index of the episode each came from: `--clips_per_episode` K cuts each episode's first
+    K * total frames into K clips."""
     import jax
 
     from teco import data, sharding
@@ -89,17 +95,26 @@ def pixel_iterator(stage, args, total: int):
     base = stage.config if stage.config.data.source != "codes" else stage.vq_config
     config = base.copy_and_resolve_references()
     config.unlock()
-    config.seq_len, config.batch_size = total, args.batch_size
+    clips = args.clips_per_episode
+    config.seq_len, config.batch_size = total * clips, args.batch_size
     config.data.image_size = stage.vq_config.image_size
     if args.data_dir:
         config.data.data_dir = args.data_dir
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
     it = data.make_iterator(config, mesh, split=args.split or config.data.eval_split,
                             train=False, num_epochs=1, extras=POSE_KEYS)
+    episodes = 0
     for batch in it:
         real = np.round((np.asarray(batch["video"]) + 1) * 127.5).astype(np.uint8)
-        poses = tuple(batch[k] for k in POSE_KEYS) if all(k in batch for k in POSE_KEYS) else None
-        yield real, np.asarray(batch["actions"]), poses
+        actions = np.asarray(batch["actions"])
+        poses = (tuple(np.asarray(batch[k]) for k in POSE_KEYS)
+                 if all(k in batch for k in POSE_KEYS) else None)
+        ids = episodes + np.arange(len(real))
+        episodes += len(real)
+        for j in range(clips):
+            t = slice(j * total, (j + 1) * total)
+            yield (real[:, t], actions[:, t],
+                   None if poses is None else tuple(x[:, t] for x in poses), ids)
 
 
 def _clip_length_error(e, seq_len: int, what: str):
@@ -208,13 +223,16 @@ def run(args) -> dict:
     batches = pixel_iterator(stage, args, total)
     for i in range(-(-args.num_videos // args.batch_size)):
         try:
-            real, actions, poses = next(batches)
+            real, actions, poses, episode_ids = next(batches)
         except StopIteration:
             break
         except DataError as e:
             bar.close()
-            raise _clip_length_error(e, total, f"--context + --predict = {context} + {predict} "
-                                     f"(protocol {args.protocol})") from None
+            clips = args.clips_per_episode
+            raise _clip_length_error(
+                e, total * clips, f"--context + --predict = {context} + {predict} (protocol "
+                f"{args.protocol})" + (f" times --clips_per_episode={clips}" if clips > 1
+                                       else "")) from None
         codes = generate.encode_frames(stage.vqgan, real)
         if args.no_actions:
             actions = np.full_like(actions, -1)
@@ -237,7 +255,8 @@ def run(args) -> dict:
                     stage, codes[:, context - k:context], actions[:, context - k:],
                     jax.random.fold_in(key, i), n_new=predict, spec=spec))
                 short = generate.decode_codes(stage.vqgan, short_codes[:, k:])
-            memory.add(ref, fake, poses, scores, short_fake=short, lpips=lpips)
+            memory.add(ref, fake, poses, scores, short_fake=short, lpips=lpips,
+                       episodes=episode_ids)
         if "fvd" in want:
             reals.append(ref)
             fakes.append(fake)
@@ -250,7 +269,8 @@ def run(args) -> dict:
         pixels = stage.config if stage.config.data.source != "codes" else stage.vq_config
         raise no_clips_error(pixels.data, args, total)
     result = {"protocol": args.protocol, "context_frames": context, "predicted_frames": predict,
-              "num_videos": int(n), "checkpoint_step": stage.step, "checkpoint": stage.source,
+              "num_videos": int(n), "clips_per_episode": args.clips_per_episode,
+              "checkpoint_step": stage.step, "checkpoint": stage.source,
               "reference": ("real frames" if args.reference == "real"
                             else "VQ-GAN reconstructions of the real frames"),
               "actions": "none (no-action token)" if args.no_actions else "given",
@@ -314,10 +334,12 @@ class PlaceMemory:
         self.videos = 0
         self.is_revisit, self.scores, self.pairs = [], {}, []
         self.sources, self.short_scores, self.short_pairs = [], {}, []
+        self.episodes = []
 
     def add(self, ref_BTHWC, fake_BTHWC, poses, scores: dict, short_fake=None,
-            lpips=None) -> None:
-        """short_fake: uint8 [B, P, H, W, 3], the predicted frames imagined from the last K."""
+            lpips=None, episodes=None) -> None:
+        """short_fake: uint8 [B, P, H, W, 3], the predicted frames imagined from the last K;
+        episodes: [B] the episode each clip was cut from (default: every clip its own)."""
         from teco.metrics import frame_metrics
         from teco.metrics.revisit import find_revisits, match_pairs
 
@@ -336,6 +358,8 @@ class PlaceMemory:
                 self.short_scores.setdefault(k, []).append(np.asarray(v))
         self.is_revisit.append(is_revisit)
         self.sources.append(source)
+        self.episodes.append(self.videos + np.arange(len(ref_BTHWC)) if episodes is None
+                             else np.asarray(episodes))
         seen, real, fake, where = match_pairs(ref_BTHWC, fake_BTHWC, source, self.n_context)
         if short_fake is not None:
             self.short_pairs.append(short_fake[where[:, 0], where[:, 2] - self.n_context])
@@ -372,6 +396,7 @@ class PlaceMemory:
         from teco.metrics.revisit import finite_mean, memory_effect
 
         source = np.concatenate(self.sources)[:n]
+        episodes = np.concatenate(self.episodes)[:n]
         only_full_saw = (source >= 0) & (source < self.n_context - self.short_context)
         gap = self.n_context + np.arange(source.shape[-1]) - source
         in_window = only_full_saw & ((gap < self.window) if self.window else True)
@@ -382,7 +407,7 @@ class PlaceMemory:
                        "(LPIPS: short - full), positive = the early context helped; "
                        "'in_window': the place was seen fewer than `window` frames before; "
                        "'memory_effect': gain in window minus gain on control frames, with a "
-                       "bootstrap interval over the videos (memory shows when it is above 0)",
+                       "bootstrap interval over the episodes (memory shows when it is above 0)",
                "revisit_frames": int(only_full_saw.sum()),
                "revisit_frames_in_window": int(in_window.sum()),
                "control_frames": int(control.sum())}
@@ -395,7 +420,8 @@ class PlaceMemory:
             out[f"{k}_gain"] = finite_mean(diff[only_full_saw])
             out[f"{k}_gain_in_window"] = finite_mean(diff[in_window])
             out[f"{k}_gain_control"] = finite_mean(diff[control])
-            out[f"{k}_memory_effect"] = memory_effect(diff, in_window, control)
+            out[f"{k}_memory_effect"] = memory_effect(diff, in_window, control,
+                                                      groups_N=episodes)
         return out
 
     def _pairs(self, n: int):

@@ -3,6 +3,7 @@
     python -m teco.pipeline --workdir=outputs/demo                 # Memory Maze, CPU-sized
     python -m teco.pipeline --workdir=/tmp/p --preset=tiny          # seconds-scale smoke run
     python -m teco.pipeline --workdir=outputs/demo --teco_steps=5000 # train TECO on, re-score
+    python -m teco.pipeline --workdir=outputs/demo --clips_per_episode=3 # 3x the eval videos
 
 Every stage writes into `--workdir` and is skipped when a previous run finished it (the data
 set is built once, a finished training is not repeated, a stage whose input changed is redone):
@@ -121,9 +122,10 @@ def finished(workdir: Path, total: int) -> bool:
 
 
 def run(workdir: Path, preset_name: str, data_dir: Path | None,
-        teco_steps: int | None = None) -> dict:
+        teco_steps: int | None = None, clips_per_episode: int = 1) -> dict:
     """teco_steps: TECO's length instead of the preset's; more than a finished run's continues
-    it from its last checkpoint under a cosine schedule to the new end."""
+    it from its last checkpoint under a cosine schedule to the new end. clips_per_episode: the
+    evaluation cuts that many clips from each held-out episode (K times the videos and time)."""
     from teco import encode, eval as teco_eval, sample, train
 
     preset = dict(PRESETS[preset_name])
@@ -131,6 +133,10 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
         minutes = dict(preset["minutes"])
         minutes["teco"] *= teco_steps / preset["teco_steps"]
         preset.update(teco_steps=teco_steps, minutes=minutes)
+    if clips_per_episode != 1:
+        minutes = dict(preset["minutes"])
+        minutes["eval"] *= clips_per_episode
+        preset.update(eval_videos=preset["eval_videos"] * clips_per_episode, minutes=minutes)
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or workdir / "data"
     t0 = time.time()
@@ -188,6 +194,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
     clock.start("eval", "eval", f"{preset['eval_videos']} held-out videos -> {workdir / 'eval'}")
     args = teco_eval.parse([f"--workdir={teco_dir}", "--protocol=custom", f"--context={context}",
                             f"--predict={predict}", f"--num_videos={preset['eval_videos']}",
+                            f"--clips_per_episode={clips_per_episode}",
                             "--batch_size=2", f"--data_dir={data_dir}",
                             f"--out={workdir / 'eval'}", f"--memory_check={preset['memory_check']}",
                             *preset["sampler"]])
@@ -231,8 +238,16 @@ def headline(result: dict) -> str:
                     f"memory effect (gain on the {check['revisit_frames_in_window']} revisits "
                     f"inside the model's window minus gain on the control frames): "
                     f"{effect['effect']:+.3f} dB, {effect['level']:.0%} interval over "
-                    f"{effect['videos']} videos [{lo:+.3f}, {hi:+.3f}]: {verdict}")
+                    f"{_units(effect)} [{lo:+.3f}, {hi:+.3f}]: {verdict}")
     return "\n".join(lines)
+
+
+def _units(effect: dict) -> str:
+    """What the interval resampled: videos, or the episodes several clips were cut from."""
+    videos, episodes = effect["videos"], effect.get("episodes", effect["videos"])
+    if episodes == videos:
+        return f"{videos} videos"
+    return f"{videos} videos from {episodes} episodes"
 
 
 def main(argv=None) -> int:
@@ -245,6 +260,9 @@ def main(argv=None) -> int:
     p.add_argument("--teco_steps", type=at_least(1), default=None, metavar="N",
                    help="TECO training steps instead of the preset's (demo: "
                         f"{PRESETS['demo']['teco_steps']}); more than a finished run's continues it")
+    p.add_argument("--clips_per_episode", type=at_least(1), default=1, metavar="K",
+                   help="evaluate K clips cut one after another from each held-out episode "
+                        "(demo: 3 fit its 300-frame episodes; K times the evaluation's time)")
     args = p.parse_args(argv)
     from teco import train
     from teco.train import quiet_library_logs
@@ -253,7 +271,7 @@ def main(argv=None) -> int:
     quiet_library_logs()
     try:
         run(Path(args.workdir), args.preset, Path(args.data_dir) if args.data_dir else None,
-            teco_steps=args.teco_steps)
+            teco_steps=args.teco_steps, clips_per_episode=args.clips_per_episode)
     except train.Interrupted as e:  # preempted inside a training stage: saved, resumable
         print(str(e), file=sys.stderr)
         return 0

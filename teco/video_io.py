@@ -6,8 +6,10 @@ The authors ship DMLab as `<root>/{train,test}/<shard>/*.npz` (keys `video` uint
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -64,11 +66,22 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
                         f"({type(e).__name__}: {e})") from None
 
 
+@contextlib.contextmanager
+def ffmpeg_quietly():
+    """imageio-ffmpeg starts ffmpeg with fork + exec: the child runs no Python, so JAX's warning
+    about forking a multithreaded process does not apply to it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
+                                category=RuntimeWarning)
+        yield
+
+
 def _load_mp4(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
     try:
-        frames = iio.imread(path, plugin="FFMPEG")
+        with ffmpeg_quietly():
+            frames = iio.imread(path, plugin="FFMPEG")
     except Exception as e:  # imageio raises many kinds for a damaged container
         raise DataError(f"{path}: cannot decode mp4, corrupt or truncated "
                         f"({_ffmpeg_reason(e)})") from None

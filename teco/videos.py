@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
+
+from teco.video_io import ffmpeg_quietly
 
 GREEN = np.array([0, 200, 0], np.uint8)
 RED = np.array([220, 40, 40], np.uint8)
@@ -61,11 +62,7 @@ def write_video(path: str | os.PathLike, frames_THWC: np.ndarray, fps: int = 8) 
         # H.264 wants even sizes.
         h, w = frames.shape[1:3]
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
-        # imageio-ffmpeg starts ffmpeg with fork + exec: the child runs no Python, so JAX's
-        # warning about forking a multithreaded process does not apply.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
-                                    category=RuntimeWarning)
+        with ffmpeg_quietly():
             iio.imwrite(path, frames, fps=fps, codec="libx264", macro_block_size=1)
     else:
         raise ValueError(f"{path}: video files are .mp4 or .gif")

@@ -211,6 +211,7 @@ EVAL_CUSTOM = ("--protocol=custom", "--context=2", "--predict=4", "--num_videos=
     ("eval", "--context=-2", r"argument --context: must be at least 1, got -2"),
     ("eval", "--fvd_chunk=0", r"argument --fvd_chunk: must be at least 1, got 0"),
     ("eval", "--memory_check=-1", r"argument --memory_check: must be at least 0, got -1"),
+    ("eval", "--clips_per_episode=0", r"argument --clips_per_episode: must be at least 1, got 0"),
 ])
 def test_bad_flag_values(capsys, tmp_path, name, argv, needle):
     expect_error(capsys, cli(name, f"--workdir={tmp_path}", argv), needle)
@@ -273,6 +274,9 @@ def test_clips_longer_than_the_videos(capsys, world, loaded):
     expect_error(capsys, cli("eval", workdir, "--protocol=teacher_forced", "--batch_size=2",
                              f"--data_dir={world['bad']['short']}"),
                  r"bad\.npz: video has 4 frames, shorter than the run's seq_len=6 \(teacher")
+    expect_error(capsys, cli("eval", workdir, *EVAL_CUSTOM, "--clips_per_episode=2"),
+                 r"0\.npz: video has 10 frames, shorter than --context \+ --predict = 2 \+ 4 "
+                 r"\(protocol custom\) times --clips_per_episode=2")
     expect_error(capsys, cli("eval", workdir, "--protocol=custom", "--context=2"),
                  r"protocol custom needs --context and --predict")
     expect_error(capsys, cli("eval", workdir, *EVAL_CUSTOM, "--memory_check=2"),

@@ -30,8 +30,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert pipeline._stamped(tmp_path / "codes" / "stamp.json", **stamp)
     # --teco_steps past the finished run trains TECO on from its last checkpoint and re-scores.
     vq_ckpts = sorted(p.name for p in (tmp_path / "vqgan" / "checkpoints").iterdir())
-    assert pipeline.main([f"--workdir={tmp_path}", "--preset=tiny", "--teco_steps=8"]) == 0
-    assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint_step"] == 8
+    # --clips_per_episode=2 scores two clips cut from each held-out episode: twice the videos.
+    assert pipeline.main([f"--workdir={tmp_path}", "--preset=tiny", "--teco_steps=8",
+                          "--clips_per_episode=2"]) == 0
+    again = json.loads((tmp_path / "metrics.json").read_text())
+    assert again["checkpoint_step"] == 8
+    assert again["num_videos"] == 4 and again["clips_per_episode"] == 2
     assert sorted(p.name for p in (tmp_path / "vqgan" / "checkpoints").iterdir()) == vq_ckpts
 
 
@@ -84,3 +88,7 @@ def test_headline_judges_the_memory_effect_by_its_interval(interval, verdict):
     assert line.startswith("memory effect (gain on the 30 revisits inside the model's window")
     assert f"+0.800 dB, 95% interval over 8 videos [{interval[0]:+.3f}, {interval[1]:+.3f}]" in line
     assert line.endswith(verdict)
+    # Clips cut from the same episodes: the interval resampled the episodes, and says so.
+    check["psnr_memory_effect"].update(videos=24, episodes=8)
+    line = pipeline.headline(result).splitlines()[-1]
+    assert "95% interval over 24 videos from 8 episodes [" in line

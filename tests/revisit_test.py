@@ -170,6 +170,12 @@ def test_memory_check_credits_the_early_context_on_revisits_only(tmp_path):
         else:
             assert effect is None
         json.dumps(check)
+    # Two clips cut from one episode count as one episode in the interval.
+    memory = PlaceMemory(n_context=10, short_context=4, window=50)
+    for _ in range(2):
+        memory.add(real, fake, away, scores, short_fake=short, episodes=np.array([7]))
+    effect = memory.summary(2)["memory_check"]["psnr_memory_effect"]
+    assert effect["videos"] == 2 and effect["episodes"] == 1
     memory.picture(tmp_path / "revisits.png", title="with the short-context row")
     assert (tmp_path / "revisits.png").stat().st_size > 1000
 
@@ -191,6 +197,28 @@ def test_memory_effect_interval_covers_the_truth_and_widens_with_fewer_videos():
     assert memory_effect(gain, revisit, control) == tight  # seeded: the same interval again
     no_effect = memory_effect(gain - 1.0 * revisit, revisit, control)
     assert no_effect["interval"][0] < 0 < no_effect["interval"][1]
+
+
+def test_memory_effect_resamples_whole_episodes_when_clips_share_one():
+    """Three copies of each video are not three times the evidence: resampled as episodes they
+    give the interval of the originals, resampled as videos a falsely narrow one."""
+    rng = np.random.default_rng(1)
+    n, p = 8, 40
+    revisit = rng.random((n, p)) < 0.3
+    gain = 0.5 * revisit + rng.normal(0, 1.0, (n, 1)) + rng.normal(0, 0.5, (n, p))
+    alone = memory_effect(gain, revisit, ~revisit)
+    copies = lambda x: np.repeat(x, 3, axis=0)
+    as_videos = memory_effect(copies(gain), copies(revisit), copies(~revisit))
+    as_episodes = memory_effect(copies(gain), copies(revisit), copies(~revisit),
+                                groups_N=np.repeat(np.arange(n) + 100, 3))
+    width = lambda e: e["interval"][1] - e["interval"][0]
+    assert as_episodes["effect"] == pytest.approx(alone["effect"])
+    assert as_episodes["videos"] == 24 and as_episodes["episodes"] == 8
+    assert alone["episodes"] == alone["videos"] == 8
+    assert width(as_videos) < 0.75 * width(alone)
+    assert width(as_episodes) == pytest.approx(width(alone), rel=0.25)
+    with pytest.raises(ValueError, match="groups"):
+        memory_effect(gain, revisit, ~revisit, groups_N=np.arange(n - 1))
 
 
 def test_memory_effect_needs_both_sets_and_matching_shapes():

@@ -53,7 +53,7 @@ def test_fvd_over_time_grows_where_the_videos_part(tmp_path):
     assert path.stat().st_size > 0
 
 
-def test_mp4_writing_under_jax_raises_no_fork_warning(tmp_path):
+def test_mp4_writing_and_reading_under_jax_raise_no_fork_warning(tmp_path):
     """ffmpeg is started with fork + exec after JAX has threads; that warning is noise here."""
     import warnings
 
@@ -67,4 +67,11 @@ def test_mp4_writing_under_jax_raises_no_fork_warning(tmp_path):
         warnings.simplefilter("always")
         path = write_video(tmp_path / "v.mp4", frames)
     assert path.stat().st_size > 0
+    assert not [w for w in caught if "fork" in str(w.message)]
+    from teco.video_io import load_video
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        back = load_video(path, has_actions=False)["video"]
+    assert back.shape[0] == 3
     assert not [w for w in caught if "fork" in str(w.message)]

@@ -110,14 +110,17 @@ def finite_mean(x) -> float | None:
 
 
 def memory_effect(gain_NP: np.ndarray, revisit_NP: np.ndarray, control_NP: np.ndarray, *,
-                  draws: int = 2000, seed: int = 0, level: float = 0.95) -> dict | None:
+                  groups_N: np.ndarray | None = None, draws: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> dict | None:
     """How much more the early context helps on revisits than on frames that revisit nothing.
 
     gain_NP: per predicted frame, score with the whole context minus score from the last K
     context frames; revisit_NP / control_NP: bool masks of the frames to compare. The effect is
     mean(gain on revisits) - mean(gain on control frames); the interval comes from resampling
     the videos with replacement (the frames of one rollout are not independent), so with a few
-    videos it is honestly wide. None when either set is empty.
+    videos it is honestly wide. groups_N: the episode each video was cut from, when several
+    clips come from one episode; whole episodes are then resampled (the clips of one walk share
+    its maze). None when either set is empty.
     """
     gain = np.asarray(gain_NP, np.float64)
     rev, ctl = np.asarray(revisit_NP, bool), np.asarray(control_NP, bool)
@@ -133,11 +136,19 @@ def memory_effect(gain_NP: np.ndarray, revisit_NP: np.ndarray, control_NP: np.nd
     sums = np.stack([(g * rev).sum(1), (g * ctl).sum(1)])        # [2, N]
     counts = np.stack([rev.sum(1), ctl.sum(1)]).astype(np.float64)
     effect = sums[0].sum() / counts[0].sum() - sums[1].sum() / counts[1].sum()
-    n = gain.shape[0]
+    videos = gain.shape[0]
+    if groups_N is not None:
+        groups = np.asarray(groups_N)
+        if groups.shape != (videos,):
+            raise ValueError(f"groups {groups.shape} and gains {gain.shape} differ in videos")
+        _, index = np.unique(groups, return_inverse=True)
+        sums = np.stack([np.bincount(index, weights=row) for row in sums])
+        counts = np.stack([np.bincount(index, weights=row) for row in counts])
+    n = sums.shape[1]
     weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).T
     s, c = sums @ weights, counts @ weights                      # [2, draws]
     valid = (c > 0).all(0)
     boot = s[0, valid] / c[0, valid] - s[1, valid] / c[1, valid]
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     return {"effect": float(effect), "interval": [float(lo), float(hi)], "level": level,
-            "videos": int(n)}
+            "videos": int(videos), "episodes": int(n)}
