@@ -58,17 +58,18 @@ STAGES = ("data", "vqgan", "encode", "teco", "sample", "eval")
 
 class StageClock:
     """Prints one banner per stage: what runs, time so far, and the expected time left (the
-    preset's reference minutes for the stages not yet done)."""
+    preset's reference minutes for the stages still to run; `reused` stages take none)."""
 
-    def __init__(self, minutes: dict[str, float]):
-        self.minutes, self.t0 = minutes, time.time()
+    def __init__(self, minutes: dict[str, float], reused: set[str] = frozenset()):
+        self.minutes = {k: 0.0 if k in reused else v for k, v in minutes.items()}
+        self.t0 = time.time()
 
     def start(self, name: str, title: str, what: str) -> None:
         i = STAGES.index(name)
         left = sum(self.minutes[s] for s in STAGES[i:])
         print(f"\n=== [{i + 1}/{len(STAGES)}] {title}: {what}\n    "
-              f"{(time.time() - self.t0) / 60:.1f} min so far, about {left:.0f} min left "
-              f"on a 2-core CPU (less for the stages already done)", flush=True)
+              f"{(time.time() - self.t0) / 60:.1f} min so far, about {max(left, 1):.0f} min "
+              "left on a 2-core CPU", flush=True)
 
 
 def _stamp(path: Path, **facts) -> None:
@@ -79,24 +80,32 @@ def _stamped(path: Path, **facts) -> bool:
     return path.exists() and json.loads(path.read_text()) == json.loads(json.dumps(facts))
 
 
-def build_data(preset: dict, data_dir: Path) -> str:
-    """Returns the data-set name the configs read (`name/config`)."""
+def data_name(preset: dict) -> str:
+    """The data-set name the configs read (`name/config`; tiny configs build `synthetic` on
+    demand at their frame size)."""
     name, config = preset["data"]
-    if name == "synthetic":
-        return "synthetic"   # tiny configs build it on demand at their frame size
+    return "synthetic" if name == "synthetic" else f"{name}/{config}"
+
+
+def data_ready(preset: dict, data_dir: Path) -> bool:
     from teco.data import find_tfds_dir
     from teco.video_io import DataError
 
-    full = f"{name}/{config}"
+    if preset["data"][0] == "synthetic":
+        return True
     try:
-        find_tfds_dir(str(data_dir), full)
-        print(f"reusing {full} under {data_dir}")
+        find_tfds_dir(str(data_dir), data_name(preset))
     except DataError:
-        from datasets import build
+        return False
+    return True
 
-        if build.main([name, f"--data_dir={data_dir}", f"--config={config}"]) != 0:
-            raise RuntimeError(f"building {full} failed")
-    return full
+
+def build_data(preset: dict, data_dir: Path) -> None:
+    from datasets import build
+
+    name, config = preset["data"]
+    if build.main([name, f"--data_dir={data_dir}", f"--config={config}"]) != 0:
+        raise RuntimeError(f"building {data_name(preset)} failed")
 
 
 def stage_config(path: str, data_name: str, data_dir: Path, steps: int | None, **over):
@@ -116,9 +125,17 @@ def stage_config(path: str, data_name: str, data_dir: Path, steps: int | None, *
     return c
 
 
-def finished(workdir: Path, total: int) -> bool:
+def _checkpoint_steps(workdir: Path) -> list[int]:
     ckpts = workdir / "checkpoints"
-    return ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= total for p in ckpts.iterdir())
+    return [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
+
+
+def _has_checkpoints(workdir: Path) -> bool:
+    return bool(_checkpoint_steps(workdir))
+
+
+def finished(workdir: Path, total: int) -> bool:
+    return any(step >= total for step in _checkpoint_steps(workdir))
 
 
 def run(workdir: Path, preset_name: str, data_dir: Path | None,
@@ -140,24 +157,40 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or workdir / "data"
     t0 = time.time()
-    clock = StageClock(preset["minutes"])
-
-    clock.start("data", "data", f"{'/'.join(filter(None, preset['data']))} under {data_dir}")
-    data_name = build_data(preset, data_dir)
-
-    vq_dir = workdir / "vqgan"
-    vq_config = stage_config(preset["vqgan"], data_name, data_dir, preset["vqgan_steps"],
+    name = data_name(preset)
+    vq_dir, codes_dir, teco_dir = workdir / "vqgan", workdir / "codes", workdir / "teco"
+    vq_config = stage_config(preset["vqgan"], name, data_dir, preset["vqgan_steps"],
                              **preset["vqgan_over"])
+    stamp = dict(vqgan=str(vq_dir), step=int(vq_config.total_steps), data=name)
+    teco_config = stage_config(preset["teco"], name, codes_dir, preset["teco_steps"],
+                               vqvae_ckpt=str(vq_dir), **preset["teco_over"])
+    teco_config.data.source = "codes"
+    # What a finished earlier run left: those stages are reused. Codes of a VQ-GAN trained
+    # again are encoded again (same path and step, other weights).
+    reused = {"data": data_ready(preset, data_dir),
+              "vqgan": finished(vq_dir, vq_config.total_steps)}
+    reused["encode"] = reused["vqgan"] and _stamped(codes_dir / "stamp.json", **stamp)
+    reused["teco"] = finished(teco_dir, teco_config.total_steps)
+    if not reused["vqgan"] and _has_checkpoints(teco_dir):
+        raise RuntimeError(f"{teco_dir} holds a TECO trained on the codes of a VQ-GAN that "
+                           f"{vq_dir} no longer has finished; move {teco_dir} away to train a "
+                           "new one on the new VQ-GAN's codes")
+    clock = StageClock(preset["minutes"], reused={k for k, v in reused.items() if v})
+
+    clock.start("data", "data", f"{name} under {data_dir}")
+    if reused["data"]:
+        print(f"reusing {name} under {data_dir}")
+    else:
+        build_data(preset, data_dir)
+
     clock.start("vqgan", "VQ-GAN", f"{vq_config.total_steps} steps -> {vq_dir}")
-    if finished(vq_dir, vq_config.total_steps):
+    if reused["vqgan"]:
         print("reusing the finished VQ-GAN")
     else:
         train.train_and_evaluate(vq_config, str(vq_dir))
 
-    codes_dir = workdir / "codes"
     clock.start("encode", "encode", f"every episode -> {codes_dir}")
-    stamp = dict(vqgan=str(vq_dir), step=int(vq_config.total_steps), data=data_name)
-    if _stamped(codes_dir / "stamp.json", **stamp):
+    if reused["encode"]:
         print("reusing the encoded codes")
     else:
         shutil.rmtree(codes_dir, ignore_errors=True)
@@ -165,12 +198,8 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
         print(json.dumps(stats))
         _stamp(codes_dir / "stamp.json", **stamp)
 
-    teco_dir = workdir / "teco"
-    teco_config = stage_config(preset["teco"], data_name, codes_dir, preset["teco_steps"],
-                               vqvae_ckpt=str(vq_dir), **preset["teco_over"])
-    teco_config.data.source = "codes"
     clock.start("teco", "TECO", f"{teco_config.total_steps} steps -> {teco_dir}")
-    if finished(teco_dir, teco_config.total_steps):
+    if reused["teco"]:
         print("reusing the finished TECO")
     else:
         train.train_and_evaluate(teco_config, str(teco_dir))

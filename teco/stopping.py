@@ -28,7 +28,8 @@ class StopRequests:
     taken so far, so a notice before the first step stops after it) is true everywhere. Several
     processes without it: the flag is combined at log steps, in the all-gather that agrees on
     the checkpoint clock (a stop may take up to log_interval steps). Ctrl-C is handled in
-    one-process runs only. Handlers live for the loop (main thread only); the first signal
+    one-process runs only, and not when SIGINT is ignored (a shell starts background jobs so:
+    they keep ignoring it). Handlers live for the loop (main thread only); the first signal
     restores the previous ones, so a second acts at once (a second Ctrl-C: KeyboardInterrupt).
     """
 
@@ -40,7 +41,8 @@ class StopRequests:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             signums = [] if self.service else [signal.SIGTERM]
-            signums += [] if self.multi else [signal.SIGINT]
+            ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            signums += [] if self.multi or ignored else [signal.SIGINT]
             for signum in signums:
                 self.previous[signum] = signal.signal(signum, self._handle)
         return self

@@ -47,6 +47,29 @@ def test_bad_teco_steps_is_one_usage_error(capsys, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_eta_leaves_out_the_stages_a_rerun_reuses(capsys):
+    minutes = dict(data=2, vqgan=11, encode=3, teco=24, sample=1, eval=4)
+    pipeline.StageClock(minutes).start("data", "data", "x")
+    assert "about 45 min left" in capsys.readouterr().out
+    clock = pipeline.StageClock(minutes, reused={"data", "vqgan", "encode", "teco"})
+    clock.start("data", "data", "x")
+    assert "about 5 min left" in capsys.readouterr().out
+    clock.start("eval", "eval", "x")
+    assert "about 4 min left" in capsys.readouterr().out
+
+
+def test_a_teco_run_without_its_vqgan_is_refused_untouched(capsys, tmp_path):
+    """A finished TECO whose VQ-GAN is gone was trained on codes a new VQ-GAN would not make."""
+    step = tmp_path / "teco" / "checkpoints" / "900"
+    step.mkdir(parents=True)
+    (step / "weights").write_bytes(b"saved")
+    assert pipeline.main([f"--workdir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a TECO trained on the codes of a VQ-GAN" in err and "move" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teco"]
+    assert (step / "weights").read_bytes() == b"saved"
+
+
 def test_headline_states_the_scores_and_the_place_memory():
     result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36, "psnr": 17.4,
               "ssim": 0.57, "lpips": None, "fvd": {"pooled": 1440.2},

@@ -19,3 +19,13 @@ def test_readme_has_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci
+
+
+def test_every_test_the_fault_table_names_exists():
+    """docs/faults.md answers "what happens when..." with the test that shows it."""
+    named = set(re.findall(r"`(test_\w+)", (ROOT / "docs" / "faults.md").read_text()))
+    defined = set()
+    for path in (ROOT / "tests").glob("*_test.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
+    assert len(named) > 10
+    assert named <= defined, sorted(named - defined)

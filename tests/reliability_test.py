@@ -136,9 +136,18 @@ def toy_reference(data_dir, tmp_path_factory):
     return toy_state(workdir, 6)
 
 
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C handler for the test: a process a shell starts in the background
+    (CI's pytest workers can be) inherits SIGINT ignored, and the trainer keeps it so."""
+    left_over = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, left_over)
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_signal_checkpoints_stops_and_resumes_exactly(name, tmp_path, data_dir, monkeypatch,
-                                                      toy_reference):
+                                                      toy_reference, python_ctrl_c):
     monkeypatch.setattr(train, "get_task", ToyTask)
     signum = getattr(signal, name)
     before = signal.getsignal(signum)
@@ -155,19 +164,31 @@ def test_signal_checkpoints_stops_and_resumes_exactly(name, tmp_path, data_dir, 
     assert_same_state(toy_state(tmp_path, 6), toy_reference)
 
 
-def test_second_ctrl_c_stops_at_once(tmp_path, data_dir, monkeypatch):
-    # Python's own Ctrl-C handler before the run, whatever an earlier test in this worker left
-    # (in the full suite one did: the second Ctrl-C then went to that handler).
+def test_second_ctrl_c_stops_at_once(tmp_path, data_dir, monkeypatch, python_ctrl_c):
     monkeypatch.setattr(train, "get_task", ToyTask)
-    left_over = signal.signal(signal.SIGINT, signal.default_int_handler)
+    on_batch(monkeypatch, {3: send(signal.SIGINT, times=2)})
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(toy_config(data_dir), str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert checkpoint.finalized_steps(tmp_path) == [2]     # no checkpoint for the step in flight
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """`cmd &` from a script starts cmd with SIGINT ignored; a Ctrl-C meant for the shell's
+    foreground job must not stop a training running in the background."""
+    from teco.stopping import StopRequests
+
+    left_over = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        on_batch(monkeypatch, {3: send(signal.SIGINT, times=2)})
-        with pytest.raises(KeyboardInterrupt):
-            train.train_and_evaluate(toy_config(data_dir), str(tmp_path))
+        with StopRequests():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with StopRequests():
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, left_over)
-    assert checkpoint.finalized_steps(tmp_path) == [2]     # no checkpoint for the step in flight
 
 
 def test_time_based_checkpoint(tmp_path, data_dir, monkeypatch):
