@@ -45,6 +45,7 @@ PROTOCOLS = {
     "teacher_forced": dict(context=None, predict=None, metrics=()),
 }
 POSE_KEYS = ("agent_pos", "agent_dir")  # stored by memory_maze; they locate revisits
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "nll": False}
 
 
 def parse(argv):
@@ -175,7 +176,7 @@ def run(args) -> dict:
     import jax
     from tqdm import tqdm
 
-    from teco import generate, videos
+    from teco import generate, likelihood, videos
     from teco.metrics import I3D, LPIPS, frame_metrics, fvd_chunked, fvd_from_features
     from teco.sample import check_out_dir, no_clips_error, sampler_spec
     from teco.video_io import DataError
@@ -248,15 +249,17 @@ def run(args) -> dict:
             for k, v in scores.items():
                 per_frame[k].append(np.asarray(v))
         if poses is not None:
-            short = None
+            short = nll = None
             if args.memory_check:  # the same frames imagined without the early context
                 k = args.memory_check
                 short_codes = np.asarray(generate.generate(
                     stage, codes[:, context - k:context], actions[:, context - k:],
                     jax.random.fold_in(key, i), n_new=predict, spec=spec))
                 short = generate.decode_codes(stage.vqgan, short_codes[:, k:])
+                nll = likelihood.context_nll(stage.model, stage.table, codes, actions,
+                                             context, k)
             memory.add(ref, fake, poses, scores, short_fake=short, lpips=lpips,
-                       episodes=episode_ids)
+                       episodes=episode_ids, nll=nll)
         if "fvd" in want:
             reals.append(ref)
             fakes.append(fake)
@@ -337,9 +340,11 @@ class PlaceMemory:
         self.episodes = []
 
     def add(self, ref_BTHWC, fake_BTHWC, poses, scores: dict, short_fake=None,
-            lpips=None, episodes=None) -> None:
+            lpips=None, episodes=None, nll=None) -> None:
         """short_fake: uint8 [B, P, H, W, 3], the predicted frames imagined from the last K;
-        episodes: [B] the episode each clip was cut from (default: every clip its own)."""
+        episodes: [B] the episode each clip was cut from (default: every clip its own);
+        nll: (full, short) [B, P], the real frames' NLL with the whole and the last-K context
+        (teco/likelihood.py), scored like the rest as metric `nll`."""
         from teco.metrics import frame_metrics
         from teco.metrics.revisit import find_revisits, match_pairs
 
@@ -356,6 +361,9 @@ class PlaceMemory:
                                   which=which)
             for k, v in short.items():
                 self.short_scores.setdefault(k, []).append(np.asarray(v))
+        if nll is not None:
+            self.scores.setdefault("nll", []).append(np.asarray(nll[0]))
+            self.short_scores.setdefault("nll", []).append(np.asarray(nll[1]))
         self.is_revisit.append(is_revisit)
         self.sources.append(source)
         self.episodes.append(self.videos + np.arange(len(ref_BTHWC)) if episodes is None
@@ -377,7 +385,7 @@ class PlaceMemory:
         out = {"definition": f"predicted frame within {MAX_DISTANCE} cells and cos >= {MIN_COS} "
                              f"of a context frame's pose, after being > {AWAY_DISTANCE} cells "
                              f"away or turned past cos {AWAY_COS} in between",
-               **revisit_summary(scores, rev)}
+               **revisit_summary(scores, rev, higher_is_better=HIGHER_IS_BETTER)}
         if self.short_scores:
             out["memory_check"] = self._memory_check(n, scores)
         seen, real, fake, where, _ = self._pairs(n)
@@ -404,7 +412,9 @@ class PlaceMemory:
         out = {"short_context": self.short_context, "window": self.window,
                "note": f"the same predicted frames imagined from only the last "
                        f"{self.short_context} context frames; gains are full - short "
-                       "(LPIPS: short - full), positive = the early context helped; "
+                       "(LPIPS, NLL: short - full), positive = the early context helped; 'nll': "
+                       "the real frame's teacher-forced NLL per TECO token, nats "
+                       "(teco/likelihood.py), no sampling; "
                        "'in_window': the place was seen fewer than `window` frames before; "
                        "'memory_effect': gain in window minus gain on control frames, with a "
                        "bootstrap interval over the episodes (memory shows when it is above 0)",
@@ -413,7 +423,7 @@ class PlaceMemory:
                "control_frames": int(control.sum())}
         for k, parts in self.short_scores.items():
             short = np.concatenate(parts)[:n]
-            sign = -1.0 if k == "lpips" else 1.0
+            sign = 1.0 if HIGHER_IS_BETTER[k] else -1.0
             diff = sign * (full[k] - short)
             out[f"{k}_full"] = finite_mean(full[k][only_full_saw])
             out[f"{k}_short"] = finite_mean(short[only_full_saw])

@@ -259,16 +259,26 @@ def headline(result: dict) -> str:
                 f"that revisit nothing {fmt(check.get('psnr_gain_control'))} dB)")
             effect = check.get("psnr_memory_effect")
             if effect:
-                lo, hi = effect["interval"]
-                verdict = ("the model keeps the places it saw" if lo > 0 else
-                           "no memory of places shown" if hi >= 0 else
-                           "the early context hurts revisits")
                 lines.append(
                     f"memory effect (gain on the {check['revisit_frames_in_window']} revisits "
                     f"inside the model's window minus gain on the control frames): "
-                    f"{effect['effect']:+.3f} dB, {effect['level']:.0%} interval over "
-                    f"{_units(effect)} [{lo:+.3f}, {hi:+.3f}]: {verdict}")
+                    f"{_judged(effect, 'dB', 3)}")
+            effect = check.get("nll_memory_effect")
+            if effect:
+                lines.append(
+                    "likelihood memory effect (the real frames' NLL per token from the last "
+                    f"{check['short_context']} context frames minus with the whole context, "
+                    f"revisits minus control; no sampling): {_judged(effect, 'nats', 4)}")
     return "\n".join(lines)
+
+
+def _judged(effect: dict, unit: str, digits: int) -> str:
+    """The effect, its interval and what it says: memory only if the interval is above 0."""
+    lo, hi = effect["interval"]
+    verdict = ("the model keeps the places it saw" if lo > 0 else
+               "no memory of places shown" if hi >= 0 else "the early context hurts revisits")
+    return (f"{effect['effect']:+.{digits}f} {unit}, {effect['level']:.0%} interval over "
+            f"{_units(effect)} [{lo:+.{digits}f}, {hi:+.{digits}f}]: {verdict}")
 
 
 def _units(effect: dict) -> str:

@@ -115,3 +115,11 @@ def test_headline_judges_the_memory_effect_by_its_interval(interval, verdict):
     check["psnr_memory_effect"].update(videos=24, episodes=8)
     line = pipeline.headline(result).splitlines()[-1]
     assert "95% interval over 24 videos from 8 episodes [" in line
+    # The teacher-forced probe has its own line, judged the same way.
+    check["nll_memory_effect"] = {"effect": 0.0123, "interval": [0.004, 0.02], "level": 0.95,
+                                  "videos": 24, "episodes": 8}
+    line = pipeline.headline(result).splitlines()[-1]
+    assert line.startswith("likelihood memory effect (the real frames' NLL per token from the "
+                           "last 8 context frames")
+    assert line.endswith("+0.0123 nats, 95% interval over 24 videos from 8 episodes "
+                         "[+0.0040, +0.0200]: the model keeps the places it saw")

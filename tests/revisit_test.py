@@ -152,10 +152,19 @@ def test_memory_check_credits_the_early_context_on_revisits_only(tmp_path):
     scores = frame_metrics(real[:, 10:], fake[:, 10:], which=("psnr", "ssim"))
     gaps = 10 + np.flatnonzero(is_rev[0]) - source[is_rev]
     assert gaps.min() >= 18 and gaps.max() < 26
+    # The real frames' NLL: lower on the revisits with the whole context, the same elsewhere.
+    nll_short = np.full((1, 16), 3.0)
+    nll_full = np.where(is_rev, 1.0, 3.0)
+    nll_full[0, -1] = nll_short[0, -1] = np.nan   # a frame the probe does not reach
     for window, in_window in ((50, 4), (18, 0)):
         memory = PlaceMemory(n_context=10, short_context=4, window=window)
-        memory.add(real, fake, away, scores, short_fake=short)
-        check = memory.summary(1)["memory_check"]
+        memory.add(real, fake, away, scores, short_fake=short, nll=(nll_full, nll_short))
+        summary = memory.summary(1)
+        assert summary["nll_revisit"] == 1.0 and summary["nll_other"] == 3.0
+        check = summary["memory_check"]
+        assert check["nll_gain"] == 2.0 and check["nll_gain_control"] == 0.0
+        if in_window:
+            assert check["nll_memory_effect"]["effect"] == 2.0
         assert check["short_context"] == 4 and check["window"] == window
         assert check["revisit_frames"] == 4 and check["control_frames"] == 12
         assert check["revisit_frames_in_window"] == in_window
@@ -227,3 +236,65 @@ def test_memory_effect_needs_both_sets_and_matching_shapes():
     assert memory_effect(gain, none, ~none) is None and memory_effect(gain, ~none, none) is None
     with pytest.raises(ValueError, match="differ"):
         memory_effect(gain, np.zeros((2, 4), bool), ~none)
+
+
+def test_eval_memory_check_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
+    """teco.eval --memory_check on clips with poses: the sampled check, the teacher-forced NLL
+    probe and the episode-resampled interval land in metrics.json. The model's weights are all
+    zero, so its prior is uniform: every NLL is log(n_codes) and the early context changes
+    nothing."""
+    from bad_input_test import TECO_TINY, frames, save_run, small_config
+    from vqgan_test import shared_data_dir
+
+    from teco import checkpoint, eval as teco_eval
+    from teco.config import load_config
+    from teco.tasks.teco import TecoTask
+    from teco.tasks.vqgan import VQGANTask
+
+    release = tmp_path / "release"
+    for split in ("train", "test"):
+        (release / split / "0").mkdir(parents=True)
+        for i in range(2):
+            np.savez(release / split / "0" / f"{i}.npz", video=frames(length=20, seed=i),
+                     actions=np.arange(20) % 4)
+    vq_cfg = small_config(shared_data_dir(tmp_path_factory))
+    save_run(tmp_path / "vq", VQGANTask(vq_cfg), vq_cfg)
+    vqgan, vq_config = checkpoint.load_vqgan(tmp_path / "vq")
+    cfg = load_config(TECO_TINY, {"vqvae_ckpt": str(tmp_path / "vq"), "data.source": "authors",
+                                  "data.data_dir": str(release), "seq_len": 6,
+                                  "eval_seq_len": 6, "open_loop_ctx": 2})
+    save_run(tmp_path / "teco", TecoTask(cfg, vqgan=vqgan, vq_config=vq_config), cfg)
+    # Poses of 10-frame clips: the place of frames 0-1 is left (2-4) and seen again (5-6).
+    pos = np.zeros((10, 2)) + 0.5
+    pos[2:5, 0] = 3.0
+    heading = np.tile([1.0, 0.0], (10, 1))
+    heading[7:] = [0.0, 1.0]
+    read = teco_eval.pixel_iterator
+
+    def with_poses(stage, args, total):
+        for real, actions, _, episodes in read(stage, args, total):
+            b = len(real)
+            yield real, actions, (np.repeat(pos[None], b, 0), np.repeat(heading[None], b, 0)), \
+                episodes
+
+    monkeypatch.setattr(teco_eval, "pixel_iterator", with_poses)
+    out = tmp_path / "eval"
+    args = teco_eval.parse([f"--workdir={tmp_path / 'teco'}", "--protocol=custom",
+                            "--context=4", "--predict=6", "--num_videos=4", "--batch_size=2",
+                            "--clips_per_episode=2", "--memory_check=2", f"--out={out}"])
+    result = teco_eval.run(args)
+    assert result["num_videos"] == 4 and result["clips_per_episode"] == 2
+    rev = result["revisits"]
+    assert rev["revisit_frames"] == 8           # frames 5 and 6 of each of the 4 clips
+    check = rev["memory_check"]
+    assert check["revisit_frames_in_window"] == 4   # frame 5: frame 6 sees frame 0 six back
+    log_k = np.log(int(cfg.codebook.n_codes))
+    assert check["nll_full"] == pytest.approx(log_k, rel=1e-5)
+    assert check["nll_short"] == pytest.approx(log_k, rel=1e-5)
+    for name in ("psnr", "nll"):
+        effect = check[f"{name}_memory_effect"]
+        assert effect["videos"] == 4 and effect["episodes"] == 2
+        assert effect["effect"] == pytest.approx(0.0, abs=1e-5)
+    assert json.loads((out / "metrics.json").read_text())["revisits"]["memory_check"] == \
+        json.loads(json.dumps(check))
+    assert (out / "revisits.png").stat().st_size > 0

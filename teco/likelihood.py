@@ -1,0 +1,84 @@
+"""Place memory without sampling noise: how well TECO predicts the *real* frames, teacher-forced,
+with the whole context and with only its last K frames.
+
+For a frame t TECO's prior gives p(z_t | frames before t): the temporal transformer's output
+for t, read by the MaskGit prior with every token of z_t masked (what the model expects the
+frame to be before it has drawn any of it). Its negative log-likelihood per token, nats, is
+
+    full(t)   with the frames of the model's window that ends at t ([t - seq_len + 1, t)),
+    short(t)  with only the frames from context - K on ([context - K, t)).
+
+On a revisit of a place that only the frames before context - K showed, a model that keeps
+the maze predicts the real frame better with them (short - full > 0); on frames that revisit
+nothing, the difference is what more context gives in general. The same comparison as the
+sampled memory check (teco/eval.py `--memory_check`), on log-likelihoods, with no draw of
+the MaskGit sampler in between. Frames the probe cannot reach (the short window is seq_len
+frames from context - K) are NaN.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from teco.models.maskgit import MASK_TOKEN
+
+
+def frame_nll(model, table, codes_BTHW, actions_BT):
+    """Per frame n_cond..seq_len-1 of a seq_len window: the prior's mean NLL per token of the
+    frame's TECO codes with all of them masked, float32 [B, seq_len - n_cond]."""
+    table = jnp.asarray(table, jnp.float32)
+    cond, z_emb, z_codes, _ = model.encode(jnp.take(table, codes_BTHW, axis=0))
+    deter = model.temporal_transformer(z_emb, model.embed_actions(actions_BT), cond)
+    masked = jnp.full(z_codes.shape, MASK_TOKEN, z_codes.dtype)
+    logits = model.maskgit_step(masked, deter).astype(jnp.float32)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), z_codes[..., None], axis=-1)
+    return -logp[..., 0].mean(axis=(2, 3))
+
+
+_COMPILED: dict = {}
+
+
+def _window_nll(model):
+    graphdef, state = nnx.split(model)
+    if graphdef not in _COMPILED:
+        _COMPILED[graphdef] = jax.jit(
+            lambda s, table, codes, actions: frame_nll(nnx.merge(graphdef, s), table, codes,
+                                                       actions))
+    fn = _COMPILED[graphdef]
+    return lambda table, codes, actions: np.asarray(fn(state, table, codes, actions))
+
+
+def context_nll(model, table, codes_BTHW, actions_BT, n_context: int, short_context: int):
+    """(full, short): float32 [B, T - n_context], the NLL of every predicted frame with the
+    window ending at it and with only the frames from n_context - short_context on; NaN where
+    the short window (seq_len frames) does not reach."""
+    codes, actions = np.asarray(codes_BTHW, np.int32), np.asarray(actions_BT, np.int32)
+    b, t = codes.shape[:2]
+    window, n_cond = int(model.seq_len), int(model.n_cond)
+    first = n_context - short_context
+    if not n_cond <= short_context < n_context:
+        raise ValueError(f"short_context={short_context} must be at least n_cond={n_cond} and "
+                         f"fewer than n_context={n_context}")
+    if n_context >= t:
+        raise ValueError(f"n_context={n_context} leaves no frame of {t} to predict")
+    full = np.full((b, t - n_context), np.nan, np.float32)
+    short = np.full_like(full, np.nan)
+    if first + window > t:                     # no seq_len window from n_context - K fits
+        return full, short
+    nll = _window_nll(model)
+
+    def run(start: int) -> np.ndarray:          # NLL of frames start + n_cond .. start + window
+        sl = slice(start, start + window)
+        return nll(table, codes[:, sl], actions[:, sl])
+
+    last = first + window                      # frames [n_context, last) are probed
+    short[:, :last - n_context] = run(first)[:, n_context - first - n_cond:]
+    # The window that ends at frame f starts at f - window + 1 (frame 0 for the first ones).
+    start_of = {f: max(0, f - window + 1) for f in range(n_context, last)}
+    for start in sorted(set(start_of.values())):
+        values = run(start)
+        for f in (f for f, s in start_of.items() if s == start):
+            full[:, f - n_context] = values[:, f - start - n_cond]
+    return full, short
