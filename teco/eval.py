@@ -307,6 +307,10 @@ def run(args) -> dict:
     if memory.videos:
         memory.picture(out / "revisits.png",
                        title=f"{args.protocol}, {n} videos, step {stage.step}")
+        check = result["revisits"].get("memory_check")
+        if check:
+            videos.plot_memory(out / "memory.png", check,
+                               title=f"{args.protocol}, {n} videos, step {stage.step}")
     _write_text(out / "metrics.json", json.dumps(result, indent=1))
     if curves:
         _write_text(out / "curves.json", json.dumps({"context_frames": context, **curves}))
@@ -401,7 +405,7 @@ class PlaceMemory:
         early context): on revisits of places seen only before the last K context frames (all,
         and those still inside the model's window), and on the frames that revisit nothing (the
         control, where memory of a place cannot help)."""
-        from teco.metrics.revisit import finite_mean, memory_effect
+        from teco.metrics.revisit import finite_mean, mean_interval, memory_effect
 
         source = np.concatenate(self.sources)[:n]
         episodes = np.concatenate(self.episodes)[:n]
@@ -409,6 +413,9 @@ class PlaceMemory:
         gap = self.n_context + np.arange(source.shape[-1]) - source
         in_window = only_full_saw & ((gap < self.window) if self.window else True)
         control = source < 0
+        groups = {"revisits in the window": in_window,
+                  "revisits out of the window": only_full_saw & ~in_window,
+                  "no revisit (control)": control}
         out = {"short_context": self.short_context, "window": self.window,
                "note": f"the same predicted frames imagined from only the last "
                        f"{self.short_context} context frames; gains are full - short "
@@ -432,6 +439,8 @@ class PlaceMemory:
             out[f"{k}_gain_control"] = finite_mean(diff[control])
             out[f"{k}_memory_effect"] = memory_effect(diff, in_window, control,
                                                       groups_N=episodes)
+            out[f"{k}_gain_intervals"] = {name: mean_interval(diff, mask, groups_N=episodes)
+                                          for name, mask in groups.items()}
         return out
 
     def _pairs(self, n: int):

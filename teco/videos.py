@@ -121,6 +121,50 @@ def plot_fvd(path: str | os.PathLike, starts, values, window: int, n_context: in
     return _save(fig, path)
 
 
+def plot_memory(path: str | os.PathLike, check: dict, title: str = "") -> Path:
+    """The memory check at a glance: per metric, the mean gain from the early context (whole
+    context minus the last K, sign so that up = helped) on revisits the model's window still
+    holds, on revisits out of it and on frames that revisit nothing, with 95% intervals.
+    A model that keeps the maze has the first bar above the other two."""
+    plt = _pyplot()
+    units = {"psnr": "dB", "ssim": "", "lpips": "", "nll": "nats / token"}
+    names = [k for k in units if check.get(f"{k}_gain_intervals")]
+    if not names:
+        raise ValueError("plot_memory: the memory check holds no gain intervals")
+    fig, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.4), squeeze=False)
+    colours = ("tab:green", "tab:gray", "tab:blue")
+    for ax, name in zip(axes[0], names):
+        bars = check[f"{name}_gain_intervals"]
+        for i, (label, stats) in enumerate(bars.items()):
+            if not stats:
+                ax.text(i, 0, "none", ha="center", va="bottom", fontsize=7)
+                continue
+            lo, hi = stats["interval"]
+            ax.bar(i, stats["mean"], color=colours[i % 3], alpha=0.8)
+            ax.errorbar(i, stats["mean"], yerr=[[stats["mean"] - lo], [hi - stats["mean"]]],
+                        color="black", capsize=4, lw=1)
+            ax.text(i, hi, f"{stats['frames']}", ha="center", va="bottom", fontsize=7)
+        ax.axhline(0, color="black", lw=0.8)
+        short = {"revisits in the window": "revisits\nin window",
+                 "revisits out of the window": "revisits\nout of window",
+                 "no revisit (control)": "no revisit\n(control)"}
+        ax.set_xticks(range(len(bars)), [short.get(label, label) for label in bars], fontsize=7)
+        effect = check.get(f"{name}_memory_effect")
+        sub = ""
+        if effect:
+            lo, hi = effect["interval"]
+            sub = f"\neffect {effect['effect']:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+        kind = "teacher-forced NLL" if name == "nll" else f"sampled {name.upper()}"
+        ax.set_title(f"{kind}{sub}", fontsize=8)
+        ax.set_ylabel("gain from the early context" + (f" ({units[name]})" if units[name]
+                                                        else ""), fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title + f" (bar labels: frames; last {check['short_context']} context "
+                     "frames vs all)", fontsize=8)
+    return _save(fig, path)
+
+
 def filmstrip(path: str | os.PathLike, real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray,
               n_context: int, *, n_columns: int = 8, scale: int = 2) -> Path:
     """A still picture of rollouts: for each video a row of real frames above the generated

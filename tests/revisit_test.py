@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from teco.metrics.revisit import find_revisits, match_pairs, memory_effect, revisit_summary
+from teco.metrics.revisit import (find_revisits, match_pairs, mean_interval, memory_effect,
+                                  revisit_summary)
 
 EAST, WEST, NORTH = (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)
 
@@ -297,4 +298,27 @@ def test_eval_memory_check_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
         assert effect["effect"] == pytest.approx(0.0, abs=1e-5)
     assert json.loads((out / "metrics.json").read_text())["revisits"]["memory_check"] == \
         json.loads(json.dumps(check))
-    assert (out / "revisits.png").stat().st_size > 0
+    bars = check["nll_gain_intervals"]
+    assert bars["revisits in the window"]["frames"] == 4
+    assert bars["revisits out of the window"]["frames"] == 4
+    assert bars["no revisit (control)"]["frames"] == 8    # frames 4 and 7 of every clip
+    assert (out / "revisits.png").stat().st_size > 0 and (out / "memory.png").stat().st_size > 0
+
+
+def test_mean_interval_covers_the_mean_and_skips_what_it_cannot_score():
+    rng = np.random.default_rng(3)
+    gain = 0.5 + rng.normal(0, 1.0, (32, 1)) + rng.normal(0, 0.3, (32, 20))
+    mask = rng.random(gain.shape) < 0.4
+    gain[~mask & (rng.random(gain.shape) < 0.5)] = np.nan    # unscored frames, never masked in
+    stats = mean_interval(gain, mask)
+    assert stats["frames"] == int(mask.sum()) and stats["videos"] == stats["episodes"] == 32
+    lo, hi = stats["interval"]
+    assert lo < stats["mean"] < hi and lo < 0.5 < hi
+    assert mean_interval(gain, np.zeros_like(mask)) is None
+
+
+def test_memory_plot_needs_intervals(tmp_path):
+    from teco import videos
+
+    with pytest.raises(ValueError, match="no gain intervals"):
+        videos.plot_memory(tmp_path / "m.png", {"short_context": 8})

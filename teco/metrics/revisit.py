@@ -122,20 +122,48 @@ def memory_effect(gain_NP: np.ndarray, revisit_NP: np.ndarray, control_NP: np.nd
     clips come from one episode; whole episodes are then resampled (the clips of one walk share
     its maze). None when either set is empty.
     """
+    resampled = _resampled_means(gain_NP, (revisit_NP, control_NP), groups_N, draws, seed)
+    if resampled is None:
+        return None
+    means, boot, videos, n = resampled
+    diff = boot[0] - boot[1]
+    lo, hi = np.quantile(diff[np.isfinite(diff)], [(1 - level) / 2, (1 + level) / 2])
+    return {"effect": float(means[0] - means[1]), "interval": [float(lo), float(hi)],
+            "level": level, "videos": int(videos), "episodes": int(n)}
+
+
+def mean_interval(gain_NP: np.ndarray, mask_NP: np.ndarray, *,
+                  groups_N: np.ndarray | None = None, draws: int = 2000, seed: int = 0,
+                  level: float = 0.95) -> dict | None:
+    """The mean gain on the masked frames with the same resampled interval as memory_effect;
+    None when no finite frame is masked."""
+    resampled = _resampled_means(gain_NP, (mask_NP,), groups_N, draws, seed)
+    if resampled is None:
+        return None
+    means, boot, videos, n = resampled
+    lo, hi = np.quantile(boot[0][np.isfinite(boot[0])], [(1 - level) / 2, (1 + level) / 2])
+    frames = int((np.asarray(mask_NP, bool) & np.isfinite(np.asarray(gain_NP, float))).sum())
+    return {"mean": float(means[0]), "interval": [float(lo), float(hi)], "level": level,
+            "frames": frames, "videos": int(videos), "episodes": int(n)}
+
+
+def _resampled_means(gain_NP, masks, groups_N, draws: int, seed: int):
+    """(means [M], bootstrap means [M, draws] (NaN where a resample holds no frame of a mask),
+    videos, units resampled), or None if a mask holds no finite frame."""
     gain = np.asarray(gain_NP, np.float64)
-    rev, ctl = np.asarray(revisit_NP, bool), np.asarray(control_NP, bool)
-    if gain.shape != rev.shape or gain.shape != ctl.shape:
-        raise ValueError(f"gains {gain.shape}, revisit mask {rev.shape} and control mask "
-                         f"{ctl.shape} differ")
+    masks = [np.asarray(m, bool) for m in masks]
+    for m in masks:
+        if m.shape != gain.shape:
+            raise ValueError(f"gains {gain.shape} and masks {[x.shape for x in masks]} differ")
     ok = np.isfinite(gain)
-    rev, ctl = rev & ok, ctl & ok
-    if not rev.any() or not ctl.any():
+    masks = [m & ok for m in masks]
+    if not all(m.any() for m in masks):
         return None
     g = np.where(ok, gain, 0.0)
     # Per-video sums and counts: a resample of videos is then a weighted sum, no frame copies.
-    sums = np.stack([(g * rev).sum(1), (g * ctl).sum(1)])        # [2, N]
-    counts = np.stack([rev.sum(1), ctl.sum(1)]).astype(np.float64)
-    effect = sums[0].sum() / counts[0].sum() - sums[1].sum() / counts[1].sum()
+    sums = np.stack([(g * m).sum(1) for m in masks])                 # [M, N]
+    counts = np.stack([m.sum(1) for m in masks]).astype(np.float64)
+    means = sums.sum(1) / counts.sum(1)
     videos = gain.shape[0]
     if groups_N is not None:
         groups = np.asarray(groups_N)
@@ -146,9 +174,7 @@ def memory_effect(gain_NP: np.ndarray, revisit_NP: np.ndarray, control_NP: np.nd
         counts = np.stack([np.bincount(index, weights=row) for row in counts])
     n = sums.shape[1]
     weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).T
-    s, c = sums @ weights, counts @ weights                      # [2, draws]
-    valid = (c > 0).all(0)
-    boot = s[0, valid] / c[0, valid] - s[1, valid] / c[1, valid]
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return {"effect": float(effect), "interval": [float(lo), float(hi)], "level": level,
-            "videos": int(videos), "episodes": int(n)}
+    s, c = sums @ weights, counts @ weights                          # [M, draws]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = np.where(c > 0, s / np.where(c > 0, c, 1.0), np.nan)
+    return means, boot, videos, n
