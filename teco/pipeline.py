@@ -13,7 +13,8 @@ set is built once, a finished training is not repeated, a stage whose input chan
     teco/            stage-2 workdir
     samples/         samples.npz and videos/ (real | generated, context outlined green)
     filmstrip.png    real above generated frames, from the last context frame to the end
-    eval/            metrics.json, curves.json, curves.png, fvd.png, revisits.png, videos/
+    eval/            metrics.json, curves.json, curves.png, fvd.png, revisits.png, memory.png,
+                     videos/
     metrics.json     the evaluation's numbers, copied to the top
 """
 from __future__ import annotations
