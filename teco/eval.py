@@ -22,7 +22,10 @@ fvd.png (FVD per window of frames) and videos/ (real | generated grids of the fi
 Place memory: on data sets that store the agent's pose (memory_maze), metrics.json["revisits"]
 scores the predicted frames that come back to a place a context frame showed (after the view
 had left it) against the other predicted frames at the same horizon, and revisits.png shows
-them (seen in the context | real | generated); see teco/metrics/revisit.py.
+them (seen in the context | real | generated); see teco/metrics/revisit.py. `--memory_check=K`
+adds the same frames imagined from the last K context frames and the real frames' teacher-forced
+NLL with the whole and the last-K context (teco/likelihood.py), compared on revisits and on
+frames that revisit nothing (metrics.json["revisits"]["memory_check"], memory.png).
 """
 from __future__ import annotations
 
