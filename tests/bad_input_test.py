@@ -40,13 +40,13 @@ def frames(length=LENGTH, size=SIZE, seed=0):
     return np.random.default_rng(seed).integers(0, 255, (length, size, size, 3), dtype=np.uint8)
 
 
-def write_release(root: Path, n=2, splits=("train", "test")) -> Path:
+def write_release(root: Path, n=2, splits=("train", "test"), length=LENGTH) -> Path:
     """The authors' layout <root>/{train,test}/0/*.npz with 16x16 frames."""
     for split in splits:
         (root / split / "0").mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            np.savez(root / split / "0" / f"{i}.npz", video=frames(seed=i),
-                     actions=np.arange(LENGTH) % 4)
+            np.savez(root / split / "0" / f"{i}.npz", video=frames(length=length, seed=i),
+                     actions=np.arange(length) % 4)
     return root
 
 
@@ -138,11 +138,9 @@ def save_run(workdir: Path, task, config) -> None:
     manager.wait_until_finished()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A release, a VQ-GAN workdir, a TECO workdir on the release and broken workdirs."""
-    root = tmp_path_factory.mktemp("bad_input")
-    release = write_release(root / "release")
+def zero_runs(root: Path, release: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """root/vq and root/teco: a VQ-GAN and a tiny TECO (6-frame window) on `release`, saved
+    with every weight zero."""
     vq_cfg = small_config(shared_data_dir(tmp_path_factory))
     save_run(root / "vq", VQGANTask(vq_cfg), vq_cfg)
     vqgan, vq_config = checkpoint.load_vqgan(root / "vq")
@@ -150,6 +148,15 @@ def world(tmp_path_factory):
                                   "data.data_dir": str(release), "seq_len": 6,
                                   "eval_seq_len": 6, "open_loop_ctx": 2})
     save_run(root / "teco", TecoTask(cfg, vqgan=vqgan, vq_config=vq_config), cfg)
+    return root / "vq", root / "teco"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A release, a VQ-GAN workdir, a TECO workdir on the release and broken workdirs."""
+    root = tmp_path_factory.mktemp("bad_input")
+    release = write_release(root / "release")
+    zero_runs(root, release, tmp_path_factory)
 
     def variant(name, **changes):
         shutil.copytree(root / "teco", root / name)

@@ -244,27 +244,12 @@ def test_eval_memory_check_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
     probe and the episode-resampled interval land in metrics.json. The model's weights are all
     zero, so its prior is uniform: every NLL is log(n_codes) and the early context changes
     nothing."""
-    from bad_input_test import TECO_TINY, frames, save_run, small_config
-    from vqgan_test import shared_data_dir
+    from bad_input_test import write_release, zero_runs
 
-    from teco import checkpoint, eval as teco_eval
-    from teco.config import load_config
-    from teco.tasks.teco import TecoTask
-    from teco.tasks.vqgan import VQGANTask
+    from teco import eval as teco_eval
 
-    release = tmp_path / "release"
-    for split in ("train", "test"):
-        (release / split / "0").mkdir(parents=True)
-        for i in range(2):
-            np.savez(release / split / "0" / f"{i}.npz", video=frames(length=20, seed=i),
-                     actions=np.arange(20) % 4)
-    vq_cfg = small_config(shared_data_dir(tmp_path_factory))
-    save_run(tmp_path / "vq", VQGANTask(vq_cfg), vq_cfg)
-    vqgan, vq_config = checkpoint.load_vqgan(tmp_path / "vq")
-    cfg = load_config(TECO_TINY, {"vqvae_ckpt": str(tmp_path / "vq"), "data.source": "authors",
-                                  "data.data_dir": str(release), "seq_len": 6,
-                                  "eval_seq_len": 6, "open_loop_ctx": 2})
-    save_run(tmp_path / "teco", TecoTask(cfg, vqgan=vqgan, vq_config=vq_config), cfg)
+    _, teco_dir = zero_runs(tmp_path, write_release(tmp_path / "release", length=20),
+                            tmp_path_factory)
     # Poses of 10-frame clips: the place of frames 0-1 is left (2-4) and seen again (5-6).
     pos = np.zeros((10, 2)) + 0.5
     pos[2:5, 0] = 3.0
@@ -280,7 +265,7 @@ def test_eval_memory_check_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
 
     monkeypatch.setattr(teco_eval, "pixel_iterator", with_poses)
     out = tmp_path / "eval"
-    args = teco_eval.parse([f"--workdir={tmp_path / 'teco'}", "--protocol=custom",
+    args = teco_eval.parse([f"--workdir={teco_dir}", "--protocol=custom",
                             "--context=4", "--predict=6", "--num_videos=4", "--batch_size=2",
                             "--clips_per_episode=2", "--memory_check=2", f"--out={out}"])
     result = teco_eval.run(args)
@@ -289,7 +274,7 @@ def test_eval_memory_check_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
     assert rev["revisit_frames"] == 8           # frames 5 and 6 of each of the 4 clips
     check = rev["memory_check"]
     assert check["revisit_frames_in_window"] == 4   # frame 5: frame 6 sees frame 0 six back
-    log_k = np.log(int(cfg.codebook.n_codes))
+    log_k = np.log(int(json.loads((teco_dir / "config.json").read_text())["codebook"]["n_codes"]))
     assert check["nll_full"] == pytest.approx(log_k, rel=1e-5)
     assert check["nll_short"] == pytest.approx(log_k, rel=1e-5)
     for name in ("psnr", "nll"):
