@@ -48,7 +48,6 @@ PROTOCOLS = {
     "teacher_forced": dict(context=None, predict=None, metrics=()),
 }
 POSE_KEYS = ("agent_pos", "agent_dir")  # stored by memory_maze; they locate revisits
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "nll": False}
 
 
 def parse(argv):
@@ -392,7 +391,7 @@ class PlaceMemory:
         out = {"definition": f"predicted frame within {MAX_DISTANCE} cells and cos >= {MIN_COS} "
                              f"of a context frame's pose, after being > {AWAY_DISTANCE} cells "
                              f"away or turned past cos {AWAY_COS} in between",
-               **revisit_summary(scores, rev, higher_is_better=HIGHER_IS_BETTER)}
+               **revisit_summary(scores, rev)}
         if self.short_scores:
             out["memory_check"] = self._memory_check(n, scores)
         seen, real, fake, where, _ = self._pairs(n)
@@ -408,7 +407,8 @@ class PlaceMemory:
         early context): on revisits of places seen only before the last K context frames (all,
         and those still inside the model's window), and on the frames that revisit nothing (the
         control, where memory of a place cannot help)."""
-        from teco.metrics.revisit import finite_mean, mean_interval, memory_effect
+        from teco.metrics.revisit import (HIGHER_IS_BETTER, finite_mean, mean_interval,
+                                          memory_effect)
 
         source = np.concatenate(self.sources)[:n]
         episodes = np.concatenate(self.episodes)[:n]

@@ -131,10 +131,6 @@ def _checkpoint_steps(workdir: Path) -> list[int]:
     return [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
 
 
-def _has_checkpoints(workdir: Path) -> bool:
-    return bool(_checkpoint_steps(workdir))
-
-
 def finished(workdir: Path, total: int) -> bool:
     return any(step >= total for step in _checkpoint_steps(workdir))
 
@@ -172,7 +168,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
               "vqgan": finished(vq_dir, vq_config.total_steps)}
     reused["encode"] = reused["vqgan"] and _stamped(codes_dir / "stamp.json", **stamp)
     reused["teco"] = finished(teco_dir, teco_config.total_steps)
-    if not reused["vqgan"] and _has_checkpoints(teco_dir):
+    if not reused["vqgan"] and _checkpoint_steps(teco_dir):
         raise RuntimeError(f"{teco_dir} holds a TECO trained on the codes of a VQ-GAN that "
                            f"{vq_dir} no longer has finished; move {teco_dir} away to train a "
                            "new one on the new VQ-GAN's codes")

@@ -18,6 +18,8 @@ MIN_COS = 0.87
 # (without this, the first frames after the context would "revisit" the last context frames).
 AWAY_DISTANCE = 1.5
 AWAY_COS = 0.0
+# Which way is better for the per-frame scores compared here (nll: teco/likelihood.py).
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "nll": False}
 
 
 def _check_poses(pos_BT2, dir_BT2, n_context: int):
@@ -70,7 +72,7 @@ def revisit_summary(per_frame: dict[str, np.ndarray], is_revisit_NP: np.ndarray,
     (frames after the context) and averages over revisits; positive = better on revisits, so
     it is not fooled by revisits happening late, where every frame scores worse.
     """
-    higher_is_better = {"psnr": True, "ssim": True, "lpips": False, **(higher_is_better or {})}
+    higher_is_better = {**HIGHER_IS_BETTER, **(higher_is_better or {})}
     rev = np.asarray(is_revisit_NP, bool)
     out = {"revisit_frames": int(rev.sum()), "predicted_frames": int(rev.size),
            "videos_with_revisits": int(rev.any(axis=1).sum())}
