@@ -40,9 +40,10 @@ PRESETS = {
                  # revisits of places seen before them, the difference is the model's memory
                  memory_check=8,
                  # The paper's draft-and-revise (the config's sampler): on the 900-step model of
-                 # this data set MaskGIT's confidence order (PSNR 12.1, LPIPS 0.59 on 8 videos,
-                 # 36 -> 64) and draft-and-revise at temperature 0.5 (PSNR 10.8) collapse into
-                 # frames of one wall; draft-and-revise at temperature 1 gives PSNR 16.6, LPIPS 0.43.
+                 # this data set trained at lr 3e-4, MaskGIT's confidence order (PSNR 12.1, LPIPS
+                 # 0.59 on 8 videos, 36 -> 64) and draft-and-revise at temperature 0.5 (PSNR
+                 # 10.8) collapse into frames of one wall; draft-and-revise at temperature 1
+                 # gives PSNR 16.6, LPIPS 0.43.
                  sampler=(),
                  # measured 2026-12-02 (a slow day of the machine: 44 min; 31 min on 12-01),
                  # so the banner does not promise more than a slow machine keeps
