@@ -167,9 +167,10 @@ def _turned_in_one_cell(pos, heading) -> float:
 
 
 def test_neighbourhood_walk_keeps_near_its_start_and_looks_around():
-    """The `revisits` config's policy: goals within home_radius grid steps of the start cell, and
-    at a goal a turn on the spot of 1.5 turns (the views of the first turn come back)."""
-    spec = generate.PolicySpec(home_radius=1, look_around_prob=1.0)
+    """The `spins` config's policy (the demo's): goals within home_radius grid steps of the start
+    cell, and at every goal a turn on the spot of 3 turns (the views of the first come back)."""
+    spec = mm.SPINS.policy
+    assert (spec.home_radius, spec.look_around_prob, spec.look_around_deg) == (1, 1.0, 1080.0)
     seed = generate.episode_seed(0, "test", 0)
     with generate.EpisodePool(workers=1, policy=spec) as pool:
         (ep,) = pool.episodes([seed], length=120)
@@ -178,7 +179,7 @@ def test_neighbourhood_walk_keeps_near_its_start_and_looks_around():
     dist = generate.grid_distances(ep["maze_layout"], start)
     # a shortest path between two cells within 1 step of the start stays within 3 steps of it
     assert max(dist[y, x] for x, y in cells) <= 3, cells
-    assert _turned_in_one_cell(ep["agent_pos"], ep["agent_dir"]) >= 400.0
+    assert _turned_in_one_cell(ep["agent_pos"], ep["agent_dir"]) >= 1000.0
     from teco.metrics.revisit import find_revisits
     is_revisit, _ = find_revisits(ep["agent_pos"][None], ep["agent_dir"][None], 40)
     assert is_revisit.mean() > 0.2  # places come back often after the first 40 frames
