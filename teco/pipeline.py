@@ -31,7 +31,7 @@ from absl import logging
 PRESETS = {
     # name: data set build, stage configs and their step counts (None = the config's), rollout
     # and eval sizes, and the minutes each stage took on a 2-core CPU machine (for the ETA).
-    "demo": dict(data=("memory_maze", "spins"), vqgan="configs/memory_maze_vqgan.py",
+    "demo": dict(data=("memory_maze", "revisits"), vqgan="configs/memory_maze_vqgan.py",
                  teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=900,
                  # a held-out evaluation every ~3 minutes is enough to watch a short run
                  vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=300),

@@ -167,8 +167,8 @@ def _turned_in_one_cell(pos, heading) -> float:
 
 
 def test_neighbourhood_walk_keeps_near_its_start_and_looks_around():
-    """The `spins` config's policy (the demo's): goals within home_radius grid steps of the start
-    cell, and at every goal a turn on the spot of 3 turns (the views of the first come back)."""
+    """The `spins` config's policy: goals within home_radius grid steps of the start cell, and at
+    every goal a turn on the spot of 3 turns (the views of the first turn come back twice)."""
     spec = mm.SPINS.policy
     assert (spec.home_radius, spec.look_around_prob, spec.look_around_deg) == (1, 1.0, 1080.0)
     seed = generate.episode_seed(0, "test", 0)

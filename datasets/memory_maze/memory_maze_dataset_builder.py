@@ -12,10 +12,10 @@ the pool renders ~70 frames/s, resets and env builds included):
     default   train 240 / test 24 episodes x 300 frames   (79,200 frames, ~300 MB, ~15-20 min)
     small     train 64 / test 8 episodes x 300 frames      (21,600 frames, ~80 MB, ~2-4 min)
     revisits  as small, but the walk keeps within 2 cells of its start and turns on the spot
-              by 1.5 turns at half of its goals: places come back within seconds
+              by 1.5 turns at half of its goals: places come back within seconds (the demo's)
     spins     as small, but the agent goes from cell to cell within 1 step of its start and
               turns on the spot by 3 full turns at every goal: most frames show a view last
-              seen ~15 frames before (the demo's: memory a 900-step model can learn)
+              seen ~15 frames before (few frames revisit nothing: a weak memory control)
     tiny      train 2 / test 1 episodes x 16 frames        (for tests, ~15-20 s)
 
 Every record is one episode (feature layout in generate.py's docstring):
@@ -77,17 +77,18 @@ DEFAULT = MemoryMazeConfig(
 SMALL = MemoryMazeConfig(
     name="small", description="64 + 8 episodes of 300 frames, for demos (~4 min on 2 cores).",
     episodes_train=64, episodes_test=8, length=300)
-# The agent keeps to the cells within 2 steps of where it started and, at half
+# The demo's set: the agent keeps to the cells within 2 steps of where it started and, at half
 # of its goals, turns on the spot by one and a half turns, so a place that left the view comes
-# back within seconds, inside a 50-frame training window (the demo's set until 2026-12-02).
+# back within seconds, inside a 50-frame training window (what the demo's place memory needs).
 REVISITS = MemoryMazeConfig(
     name="revisits", description=(
         "64 + 8 episodes of 300 frames that keep to a neighbourhood and look around, so places "
         "come back within seconds (~4 min on 2 cores)."),
     episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5)
-# The demo's set (since 2026-12-02): a 900-step TECO on `revisits` showed no place memory, on
-# this set it did (sampled memory effect +1.84 dB [+0.71, +3.18], README "The main job"). Most
-# frames are turns on the spot, so a view comes back every ~15 frames, inside the model's window.
+# Memory made as cheap as the maze allows: most frames are turns on the spot, so a view comes
+# back every ~15 frames. Tried as the demo's set (README, "A data set of turns on the spot"): the
+# 900-step model showed no place memory either, and with 85 of 512 predicted frames revisiting
+# nothing, the memory effect's control is too small to measure it well.
 SPINS = MemoryMazeConfig(
     name="spins", description=(
         "64 + 8 episodes of 300 frames in which the agent moves between the cells within 1 step "
