@@ -62,7 +62,7 @@ class MemoryMazeConfig(tfds.core.BuilderConfig):
     # 0 = goals anywhere; R = goals within R grid steps of the start cell (generate.PolicySpec)
     home_radius: int = 0
     look_around_prob: float = 0.0
-    look_around_deg: float = 540.0
+    look_around_deg: float = generate.PolicySpec.look_around_deg
 
     @property
     def policy(self) -> generate.PolicySpec:
@@ -86,9 +86,9 @@ REVISITS = MemoryMazeConfig(
         "come back within seconds (~4 min on 2 cores)."),
     episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5)
 # Memory made as cheap as the maze allows: most frames are turns on the spot, so a view comes
-# back every ~15 frames. Tried as the demo's set (README, "A data set of turns on the spot"): the
-# 900-step model showed no place memory either, and with 85 of 512 predicted frames revisiting
-# nothing, the memory effect's control is too small to measure it well.
+# back every ~15 frames. Tried as the demo's set (README, "Cheaper memory, tried and not
+# reached"): the 900-step model showed no place memory either, and with 85 of 512 predicted
+# frames revisiting nothing, the memory effect's control is too small to measure it well.
 SPINS = MemoryMazeConfig(
     name="spins", description=(
         "64 + 8 episodes of 300 frames in which the agent moves between the cells within 1 step "
