@@ -94,6 +94,19 @@ def test_builds_are_byte_identical_whatever_the_worker_count(builds):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+def test_smaller_frames_average_the_full_size_render(builds, episodes, tmp_path):
+    """frame_size=32 stores the 64x64 render averaged over 2x2 blocks, with the same poses."""
+    config = mm.MemoryMazeConfig(name="tiny32", episodes_train=1, episodes_test=1, length=T,
+                                 frame_size=32)
+    small = mm.build(str(tmp_path), config, workers=1).as_data_source("test")[0]
+    full = episodes["test"][0]
+    assert small["video"].shape == (T, 32, 32, 3) and small["video"].dtype == np.uint8
+    expected = full["video"].reshape(T, 32, 2, 32, 2, 3).astype(np.float32).mean(axis=(2, 4))
+    np.testing.assert_array_equal(small["video"], np.round(expected).astype(np.uint8))
+    np.testing.assert_array_equal(small["agent_pos"], full["agent_pos"])
+    assert mm.get_config("revisits32").frame_size == 32
+
+
 def test_this_process_never_imports_mujoco(builds):
     del builds  # after two builds
     assert "mujoco" not in sys.modules and "memory_maze" not in sys.modules
@@ -120,6 +133,8 @@ def test_bad_inputs_raise_clear_errors():
         generate.PolicySpec(home_radius=-1)
     with pytest.raises(ValueError, match="look_around_prob"):
         mm.build("/nonexistent", mm.MemoryMazeConfig(name="spin", look_around_prob=2.0))
+    with pytest.raises(ValueError, match="frame_size must divide 64"):
+        mm.build("/nonexistent", mm.MemoryMazeConfig(name="odd", frame_size=48))
     assert generate.episode_seed(0, "train", 1) != generate.episode_seed(0, "test", 1)
     assert generate.episode_seed(3, "train", 1) == generate.episode_seed(3, "train", 1)
 

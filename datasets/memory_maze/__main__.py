@@ -17,7 +17,7 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default="data/tfds")
     parser.add_argument("--config", default="small",
-                        help="default, small, revisits, spins or tiny")
+                        help="default, small, revisits, spins, revisits32 or tiny")
     parser.add_argument("--workers", type=int, default=None,
                         help="rendering processes (default: one per CPU core)")
     args = parser.parse_args(argv)

@@ -6,8 +6,8 @@ Build (array_record files under <data_dir>/memory_maze/<config>/1.0.0/):
     # the same through the common entry point:
     .venv/bin/python -m datasets.build memory_maze --data_dir=data/tfds --config=small
 
-Configs (64x64 frames; build times measured with 2 workers on the shared 2-core box, where
-the pool renders ~70 frames/s, resets and env builds included):
+Configs (64x64 frames unless named otherwise; build times measured with 2 workers on the
+shared 2-core box, where the pool renders ~70 frames/s, resets and env builds included):
 
     default   train 240 / test 24 episodes x 300 frames   (79,200 frames, ~300 MB, ~15-20 min)
     small     train 64 / test 8 episodes x 300 frames      (21,600 frames, ~80 MB, ~2-4 min)
@@ -16,11 +16,13 @@ the pool renders ~70 frames/s, resets and env builds included):
     spins     as small, but the agent goes from cell to cell within 1 step of its start and
               turns on the spot by 3 full turns at every goal: most frames show a view last
               seen ~15 frames before (few frames revisit nothing: a weak memory control)
+    revisits32  revisits with 32x32 frames (2x2 blocks of the 64x64 render averaged; 2.5 min)
     tiny      train 2 / test 1 episodes x 16 frames        (for tests, ~15-20 s)
 
 Every record is one episode (feature layout in generate.py's docstring):
 
-    video        uint8   [T, 64, 64, 3]   (stored zlib-compressed; decoded with numpy)
+    video        uint8   [T, S, S, 3]     S = frame_size, 64 unless the config says otherwise
+                                          (stored zlib-compressed; decoded with numpy)
     actions      int32   [T]              actions[t] led to frame t; actions[0] = 0 (no-op)
     agent_pos    float32 [T, 2]           maze-cell units
     agent_dir    float32 [T, 2]           unit heading
@@ -63,6 +65,9 @@ class MemoryMazeConfig(tfds.core.BuilderConfig):
     home_radius: int = 0
     look_around_prob: float = 0.0
     look_around_deg: float = generate.PolicySpec.look_around_deg
+    # Stored frame size: frames render at generate.FRAME_SIZE and are averaged over
+    # (FRAME_SIZE / frame_size)^2 blocks, so a smaller frame is an antialiased copy of the big one.
+    frame_size: int = generate.FRAME_SIZE
 
     @property
     def policy(self) -> generate.PolicySpec:
@@ -96,6 +101,14 @@ SPINS = MemoryMazeConfig(
         "back ~15 frames later (~2 min on 2 cores)."),
     episodes_train=64, episodes_test=8, length=300, home_radius=1, look_around_prob=1.0,
     look_around_deg=1080.0)
+# The demo's set at 32x32: the same walks as `revisits`, frames averaged over 2x2 blocks, so
+# TECO's steps cost a quarter and a CPU trains several thousand of them in the demo's minutes.
+REVISITS32 = MemoryMazeConfig(
+    name="revisits32", description=(
+        "revisits at 32x32: the same 64 + 8 walks, frames averaged over 2x2 pixel blocks "
+        "(~4 min on 2 cores)."),
+    episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5,
+    frame_size=32)
 TINY = MemoryMazeConfig(
     name="tiny", description="2 + 1 episodes of 16 frames, for tests.",
     episodes_train=2, episodes_test=1, length=16)
@@ -111,15 +124,18 @@ def _check_config(config: MemoryMazeConfig) -> None:
         raise ValueError(f"seed must be >= 0, got {config.seed}")
     if config.workers is not None and config.workers < 1:
         raise ValueError(f"workers must be >= 1 or None, got {config.workers}")
+    if config.frame_size < 8 or generate.FRAME_SIZE % config.frame_size:
+        raise ValueError(f"frame_size must divide {generate.FRAME_SIZE} and be >= 8, got "
+                         f"{config.frame_size}")
     config.policy  # checks the policy's fields
 
 
 class MemoryMaze(tfds.core.GeneratorBasedBuilder):
-    """Memory Maze 9x9 walks: 64x64 frames, 6 actions, agent pose and maze layout."""
+    """Memory Maze 9x9 walks: 64x64 frames (or frame_size), 6 actions, agent pose and maze layout."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [DEFAULT, SMALL, REVISITS, SPINS, TINY]
+    BUILDER_CONFIGS = [DEFAULT, SMALL, REVISITS, SPINS, REVISITS32, TINY]
     DEFAULT_CONFIG_NAME = "default"
 
     def __init__(self, *, file_format: str | None = None, workers: int | None = None,
@@ -134,7 +150,7 @@ class MemoryMaze(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.builder_config
-        t, s, m = c.length, generate.FRAME_SIZE, generate.MAZE_SIZE
+        t, s, m = c.length, c.frame_size, generate.MAZE_SIZE
         tensor = tfds.features.Tensor
         return self.dataset_info_from_configs(
             description=(
@@ -181,7 +197,18 @@ class MemoryMaze(tfds.core.GeneratorBasedBuilder):
         seeds = [generate.episode_seed(c.seed, split, i) for i in range(num_episodes)]
         for i, episode in enumerate(self._pool.episodes(seeds, c.length, desc=split)):
             episode["episode_id"] = np.int64(i)
+            episode["video"] = downsample(episode["video"], c.frame_size)
             yield i, episode
+
+
+def downsample(video_THWC: np.ndarray, size: int) -> np.ndarray:
+    """uint8 frames averaged over square blocks down to `size` x `size` (rounded)."""
+    t, h, w, c = video_THWC.shape
+    if h == size and w == size:
+        return video_THWC
+    f = h // size
+    blocks = video_THWC.reshape(t, size, f, size, f, c).astype(np.float32)
+    return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
 
 
 def get_config(config: str | MemoryMazeConfig) -> MemoryMazeConfig:
@@ -200,7 +227,7 @@ def build(data_dir: str, config: str | MemoryMazeConfig = "small",
           workers: int | None = None) -> MemoryMaze:
     """Generates and writes the data set (no-op if already built); returns the builder.
 
-    config: a listed name ("default", "small", "revisits", "spins", "tiny") or a
+    config: a listed name ("default", "small", "revisits", "spins", "revisits32", "tiny") or a
     MemoryMazeConfig with a new name.
     workers overrides config.workers (the records do not depend on it). Read the result with
     `build(...).as_data_source("train")`.
