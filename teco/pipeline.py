@@ -31,10 +31,10 @@ from absl import logging
 PRESETS = {
     # name: data set build, stage configs and their step counts (None = the config's), rollout
     # and eval sizes, and the minutes each stage took on a 2-core CPU machine (for the ETA).
-    "demo": dict(data=("memory_maze", "revisits32"), vqgan="configs/memory_maze_vqgan.py",
-                 teco="configs/memory_maze.py", vqgan_steps=1500, teco_steps=4500,
+    "demo": dict(data=("memory_maze", "revisits"), vqgan="configs/memory_maze_vqgan.py",
+                 teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=900,
                  # a held-out evaluation every ~3 minutes is enough to watch a short run
-                 vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=500, save_interval=500),
+                 vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=300),
                  context=36, predict=64, eval_videos=8, sample_videos=4,
                  # the same frames imagined again from only the last 8 context frames: on
                  # revisits of places seen before them, the difference is the model's memory
@@ -47,7 +47,7 @@ PRESETS = {
                  sampler=(),
                  # measured 2026-12-02 (a slow day of the machine: 44 min; 31 min on 12-01),
                  # so the banner does not promise more than a slow machine keeps
-                 minutes=dict(data=2.5, vqgan=5.0, encode=1.0, teco=25.0, sample=0.5, eval=4.0)),
+                 minutes=dict(data=2.2, vqgan=10.8, encode=2.5, teco=24.1, sample=0.5, eval=4.2)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
@@ -127,6 +127,37 @@ def stage_config(path: str, data_name: str, data_dir: Path, steps: int | None, *
     return c
 
 
+def follow_move(workdir: Path, data_dir: Path) -> Path | None:
+    """A workdir moved or copied as a whole (or named by another path) still has its stages
+    name the old place: the TECO's config.json names the old codes/ and vqgan/, the codes stamp
+    the old vqgan/. When all of them name one old workdir, and the VQ-GAN there was trained on
+    its data/ (or on this --data_dir), they are pointed here and the old workdir is returned;
+    otherwise nothing changes (a TECO that came alone is then refused as before)."""
+    teco_file, stamp_file = workdir / "teco" / "config.json", workdir / "codes" / "stamp.json"
+    vq_file = workdir / "vqgan" / "config.json"
+    if not (teco_file.is_file() and stamp_file.is_file() and vq_file.is_file()):
+        return None
+    try:
+        teco_c, stamp, vq_c = (json.loads(f.read_text())
+                               for f in (teco_file, stamp_file, vq_file))
+        old = Path(teco_c["vqvae_ckpt"]).parent
+        if (old == workdir or Path(teco_c["vqvae_ckpt"]) != old / "vqgan"
+                or Path(teco_c["data"]["data_dir"]) != old / "codes"
+                or Path(stamp["vqgan"]) != old / "vqgan"
+                or Path(vq_c["data"]["data_dir"]) not in (old / "data", data_dir)):
+            return None
+    except (ValueError, KeyError, TypeError):  # not files this pipeline wrote: left alone
+        return None
+    teco_c["vqvae_ckpt"] = stamp["vqgan"] = str(workdir / "vqgan")
+    teco_c["data"]["data_dir"] = str(workdir / "codes")
+    vq_c["data"]["data_dir"] = str(data_dir)
+    for f, content in ((teco_file, teco_c), (stamp_file, stamp), (vq_file, vq_c)):
+        tmp = f.with_suffix(".tmp")  # replaced in one step: never half-written
+        tmp.write_text(json.dumps(content, indent=1, sort_keys=f is not stamp_file))
+        tmp.replace(f)
+    return old
+
+
 def _checkpoint_steps(workdir: Path) -> list[int]:
     ckpts = workdir / "checkpoints"
     return [int(p.name) for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.is_dir() else []
@@ -155,6 +186,9 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or workdir / "data"
     t0 = time.time()
+    moved_from = follow_move(workdir, data_dir)
+    if moved_from:
+        print(f"{workdir} was made as {moved_from}: its stages now name the files here")
     name = data_name(preset)
     vq_dir, codes_dir, teco_dir = workdir / "vqgan", workdir / "codes", workdir / "teco"
     vq_config = stage_config(preset["vqgan"], name, data_dir, preset["vqgan_steps"],

@@ -7,7 +7,8 @@ import pytest
 from teco import pipeline
 
 
-def test_tiny_pipeline_end_to_end(tmp_path):
+def test_tiny_pipeline_end_to_end(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("first")
     result = pipeline.run(tmp_path, "tiny", None)
     assert result["num_videos"] == 2 and result["predicted_frames"] == 8
     for key in ("psnr", "ssim"):
@@ -28,6 +29,11 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert pipeline.finished(tmp_path / "vqgan", 6) and pipeline.finished(tmp_path / "teco", 6)
     stamp = json.loads((tmp_path / "codes" / "stamp.json").read_text())
     assert pipeline._stamped(tmp_path / "codes" / "stamp.json", **stamp)
+    # The folder moved elsewhere keeps its stages: nothing is trained or encoded again.
+    moved = tmp_path_factory.mktemp("moved") / "demo"
+    tmp_path.rename(moved)
+    tmp_path, codes = moved, moved / "codes" / "train.array_record-00000-of-00001"
+    codes_written = codes.stat().st_mtime_ns
     # --teco_steps past the finished run trains TECO on from its last checkpoint and re-scores.
     vq_ckpts = sorted(p.name for p in (tmp_path / "vqgan" / "checkpoints").iterdir())
     # --clips_per_episode=2 scores two clips cut from each held-out episode: twice the videos.
@@ -37,6 +43,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert again["checkpoint_step"] == 8
     assert again["num_videos"] == 4 and again["clips_per_episode"] == 2
     assert sorted(p.name for p in (tmp_path / "vqgan" / "checkpoints").iterdir()) == vq_ckpts
+    assert codes.stat().st_mtime_ns == codes_written
+    teco_config = json.loads((tmp_path / "teco" / "config.json").read_text())
+    assert teco_config["vqvae_ckpt"] == str(tmp_path / "vqgan")
+    assert teco_config["data"]["data_dir"] == str(tmp_path / "codes")
 
 
 def test_bad_teco_steps_is_one_usage_error(capsys, tmp_path):
