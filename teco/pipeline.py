@@ -133,28 +133,30 @@ def follow_move(workdir: Path, data_dir: Path) -> Path | None:
     the old vqgan/. When all of them name one old workdir, and the VQ-GAN there was trained on
     its data/ (or on this --data_dir), they are pointed here and the old workdir is returned;
     otherwise nothing changes (a TECO that came alone is then refused as before)."""
-    teco_file, stamp_file = workdir / "teco" / "config.json", workdir / "codes" / "stamp.json"
-    vq_file = workdir / "vqgan" / "config.json"
-    if not (teco_file.is_file() and stamp_file.is_file() and vq_file.is_file()):
+    from teco import checkpoint
+
+    teco_dir, vq_dir = workdir / "teco", workdir / "vqgan"
+    stamp_file = workdir / "codes" / "stamp.json"
+    if not (stamp_file.is_file() and (teco_dir / checkpoint.CONFIG_FILE).is_file()
+            and (vq_dir / checkpoint.CONFIG_FILE).is_file()):
         return None
     try:
-        teco_c, stamp, vq_c = (json.loads(f.read_text())
-                               for f in (teco_file, stamp_file, vq_file))
-        old = Path(teco_c["vqvae_ckpt"]).parent
-        if (old == workdir or Path(teco_c["vqvae_ckpt"]) != old / "vqgan"
-                or Path(teco_c["data"]["data_dir"]) != old / "codes"
+        teco_c, vq_c = checkpoint.load_config(teco_dir), checkpoint.load_config(vq_dir)
+        stamp = json.loads(stamp_file.read_text())
+        old = Path(teco_c.vqvae_ckpt).parent
+        if (old == workdir or Path(teco_c.vqvae_ckpt) != old / "vqgan"
+                or Path(teco_c.data.data_dir) != old / "codes"
                 or Path(stamp["vqgan"]) != old / "vqgan"
-                or Path(vq_c["data"]["data_dir"]) not in (old / "data", data_dir)):
+                or Path(vq_c.data.data_dir) not in (old / "data", data_dir)):
             return None
-    except (ValueError, KeyError, TypeError):  # not files this pipeline wrote: left alone
+    except (ValueError, KeyError, TypeError, AttributeError):  # not this pipeline's files
         return None
-    teco_c["vqvae_ckpt"] = stamp["vqgan"] = str(workdir / "vqgan")
-    teco_c["data"]["data_dir"] = str(workdir / "codes")
-    vq_c["data"]["data_dir"] = str(data_dir)
-    for f, content in ((teco_file, teco_c), (stamp_file, stamp), (vq_file, vq_c)):
-        tmp = f.with_suffix(".tmp")  # replaced in one step: never half-written
-        tmp.write_text(json.dumps(content, indent=1, sort_keys=f is not stamp_file))
-        tmp.replace(f)
+    teco_c.vqvae_ckpt = stamp["vqgan"] = str(vq_dir)
+    teco_c.data.data_dir = str(workdir / "codes")
+    vq_c.data.data_dir = str(data_dir)
+    checkpoint.save_config(teco_dir, teco_c)
+    checkpoint.save_config(vq_dir, vq_c)
+    _stamp(stamp_file, **stamp)
     return old
 
 

@@ -16,7 +16,7 @@ shared 2-core box, where the pool renders ~70 frames/s, resets and env builds in
     spins     as small, but the agent goes from cell to cell within 1 step of its start and
               turns on the spot by 3 full turns at every goal: most frames show a view last
               seen ~15 frames before (few frames revisit nothing: a weak memory control)
-    revisits32  revisits with 32x32 frames (2x2 blocks of the 64x64 render averaged; 2.5 min)
+    revisits32  revisits with 32x32 frames (2x2 blocks of the 64x64 render averaged; ~2 min)
     tiny      train 2 / test 1 episodes x 16 frames        (for tests, ~15-20 s)
 
 Every record is one episode (feature layout in generate.py's docstring):
@@ -106,7 +106,7 @@ SPINS = MemoryMazeConfig(
 REVISITS32 = MemoryMazeConfig(
     name="revisits32", description=(
         "revisits at 32x32: the same 64 + 8 walks, frames averaged over 2x2 pixel blocks "
-        "(~4 min on 2 cores)."),
+        "(~2 min on 2 cores)."),
     episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5,
     frame_size=32)
 TINY = MemoryMazeConfig(
