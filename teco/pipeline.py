@@ -75,7 +75,14 @@ class StageClock:
 
 
 def _stamp(path: Path, **facts) -> None:
-    path.write_text(json.dumps(facts, indent=1))
+    _write_json(path, facts)
+
+
+def _write_json(path: Path, obj) -> None:
+    """Replaces `path` in one step, so a stopped run never leaves half a file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
 
 
 def _stamped(path: Path, **facts) -> bool:
@@ -157,6 +164,14 @@ def follow_move(workdir: Path, data_dir: Path) -> Path | None:
     checkpoint.save_config(teco_dir, teco_c)
     checkpoint.save_config(vq_dir, vq_c)
     _stamp(stamp_file, **stamp)
+    meta_file = workdir / "codes" / "codes_meta.json"  # its paths only inform, but should be true
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("vqgan_workdir") == str(old / "vqgan"):
+            meta["vqgan_workdir"] = str(vq_dir)
+        if isinstance(meta.get("data"), dict) and meta["data"].get("data_dir") == str(old / "data"):
+            meta["data"]["data_dir"] = str(data_dir)
+        _write_json(meta_file, meta)
     return old
 
 

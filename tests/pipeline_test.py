@@ -47,6 +47,9 @@ def test_tiny_pipeline_end_to_end(tmp_path_factory):
     teco_config = json.loads((tmp_path / "teco" / "config.json").read_text())
     assert teco_config["vqvae_ckpt"] == str(tmp_path / "vqgan")
     assert teco_config["data"]["data_dir"] == str(tmp_path / "codes")
+    meta = json.loads((tmp_path / "codes" / "codes_meta.json").read_text())
+    assert meta["vqgan_workdir"] == str(tmp_path / "vqgan")
+    assert meta["data"]["data_dir"] == str(tmp_path / "data")
 
 
 def test_bad_teco_steps_is_one_usage_error(capsys, tmp_path):
