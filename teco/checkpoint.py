@@ -37,9 +37,15 @@ def save_config(workdir: str | Path, config) -> None:
     if jax.process_index() == 0:
         path = Path(workdir) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(config.to_json_best_effort(indent=1, sort_keys=True))
-        tmp.replace(path)
+        replace_text(path, config.to_json_best_effort(indent=1, sort_keys=True))
+
+
+def replace_text(path: str | Path, text: str) -> None:
+    """Written beside and renamed: an earlier file is replaced whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 # Keys that only set how often the trainer logs, evaluates and saves, or how long it runs: a

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from teco.checkpoint import replace_text
 from teco.tasks.base import TrainState
 
 PROTOCOLS = {
@@ -189,7 +190,7 @@ def run(args) -> dict:
         result = teacher_forced(args)
         out.mkdir(parents=True, exist_ok=True)
         name = "metrics_no_actions.json" if args.no_actions else "metrics.json"
-        _write_text(out / name, json.dumps(result, indent=1))
+        replace_text(out / name, json.dumps(result, indent=1))
         return result
     proto = dict(PROTOCOLS[args.protocol])
     context = proto["context"] if args.context is None else args.context
@@ -313,9 +314,9 @@ def run(args) -> dict:
         if check:
             videos.plot_memory(out / "memory.png", check,
                                title=f"{args.protocol}, {n} videos, step {stage.step}")
-    _write_text(out / "metrics.json", json.dumps(result, indent=1))
+    replace_text(out / "metrics.json", json.dumps(result, indent=1))
     if curves:
-        _write_text(out / "curves.json", json.dumps({"context_frames": context, **curves}))
+        replace_text(out / "curves.json", json.dumps({"context_frames": context, **curves}))
         videos.plot_curves(out / "curves.png", curves, context,
                            title=f"{args.protocol}, {n} videos, step {stage.step}")
     if result.get("fvd_windows"):
@@ -491,12 +492,6 @@ def fvd_over_time(i3d, real_NTHWC, fake_NTHWC, window: int) -> dict | None:
             "note": "pooled FVD of frames [start, start + window) of every video; windows "
                     "before the context's end compare the context's VQ-GAN reconstructions"}
 
-
-def _write_text(path: Path, text: str) -> None:
-    """Written beside and renamed: an earlier result is replaced whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def main(argv=None) -> int:

@@ -75,14 +75,9 @@ class StageClock:
 
 
 def _stamp(path: Path, **facts) -> None:
-    _write_json(path, facts)
+    from teco.checkpoint import replace_text
 
-
-def _write_json(path: Path, obj) -> None:
-    """Replaces `path` in one step, so a stopped run never leaves half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    replace_text(path, json.dumps(facts, indent=1))
 
 
 def _stamped(path: Path, **facts) -> bool:
@@ -141,6 +136,7 @@ def follow_move(workdir: Path, data_dir: Path) -> Path | None:
     its data/ (or on this --data_dir), they are pointed here and the old workdir is returned;
     otherwise nothing changes (a TECO that came alone is then refused as before)."""
     from teco import checkpoint
+    from teco.data import CODES_META
 
     teco_dir, vq_dir = workdir / "teco", workdir / "vqgan"
     stamp_file = workdir / "codes" / "stamp.json"
@@ -164,14 +160,14 @@ def follow_move(workdir: Path, data_dir: Path) -> Path | None:
     checkpoint.save_config(teco_dir, teco_c)
     checkpoint.save_config(vq_dir, vq_c)
     _stamp(stamp_file, **stamp)
-    meta_file = workdir / "codes" / "codes_meta.json"  # its paths only inform, but should be true
+    meta_file = workdir / "codes" / CODES_META  # its paths only inform, but should be true
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta.get("vqgan_workdir") == str(old / "vqgan"):
             meta["vqgan_workdir"] = str(vq_dir)
         if isinstance(meta.get("data"), dict) and meta["data"].get("data_dir") == str(old / "data"):
             meta["data"]["data_dir"] = str(data_dir)
-        _write_json(meta_file, meta)
+        checkpoint.replace_text(meta_file, json.dumps(meta, indent=1))
     return old
 
 
