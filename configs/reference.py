@@ -231,7 +231,9 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                          "'bfloat16'; parameters stay float32, quantizers and losses compute in "
                          "float32 (teco/models/layers.py, teco/models/vqgan.py).",
         "remat": {
-            "vqgan": "Not read by the VQ-GAN: only TECO's transformers rematerialise.",
+            "vqgan": "Rematerialise the encoder's and decoder's residual blocks in the backward "
+                     "pass: less activation memory at high resolution, more compute "
+                     "(teco/models/vqgan.py).",
             "teco": "Rematerialise the transformer layers (temporal and MaskGit) in the backward "
                     f"pass: less memory, more compute ({_TFM}).",
         },

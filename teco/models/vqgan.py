@@ -74,7 +74,8 @@ def _norm(ch, dtype, rngs):
 class ResBlock(nnx.Module):
     """GroupNorm -> swish -> conv3x3 -> GroupNorm -> swish -> conv3x3, plus a (projected) skip."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, in_ch: int, out_ch: int, *, dtype, remat: bool = False, rngs: nnx.Rngs):
+        self.remat = remat
         self.norm0 = _norm(in_ch, dtype, rngs)
         self.conv0 = _conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)
         self.norm1 = _norm(out_ch, dtype, rngs)
@@ -84,9 +85,18 @@ class ResBlock(nnx.Module):
                            init=nnx.initializers.zeros_init())
         self.skip = _conv(in_ch, out_ch, 1, dtype=dtype, rngs=rngs) if in_ch != out_ch else None
 
-    def __call__(self, x):
+    def _residual(self, x):
         h = self.conv0(nnx.swish(self.norm0(x)))
-        h = self.conv1(nnx.swish(self.norm1(h)))
+        return self.conv1(nnx.swish(self.norm1(h)))
+
+    def __call__(self, x):
+        if self.remat:
+            # Keep only the block's input for the backward pass: its two full-resolution
+            # activations are recomputed, the VQ-GAN's largest memory at high resolution.
+            graphdef, state = nnx.split(self)
+            h = jax.checkpoint(lambda st, v: nnx.merge(graphdef, st)._residual(v))(state, x)
+        else:
+            h = self._residual(x)
         return (x if self.skip is None else self.skip(x)) + h
 
 
@@ -102,7 +112,8 @@ class Upsample(nnx.Module):
 
 class Encoder(nnx.Module):
     def __init__(self, in_channels: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 embedding_dim: int, *, patch_size: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
+                 embedding_dim: int, *, patch_size: int = 1, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         self.patch_size = patch_size
         widths = [ch * m for m in ch_mult]
         self.conv_in = _conv(in_channels * patch_size ** 2, widths[0], 3, dtype=dtype, rngs=rngs)
@@ -110,7 +121,7 @@ class Encoder(nnx.Module):
         prev = widths[0]
         for i, width in enumerate(widths):
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(prev, width, dtype=dtype, rngs=rngs))
+                blocks.append(ResBlock(prev, width, dtype=dtype, remat=remat, rngs=rngs))
                 prev = width
             # A stride-2 conv between levels (cheaper than conv + pooling).
             downs.append(_conv(prev, prev, 3, strides=2, dtype=dtype, rngs=rngs)
@@ -118,7 +129,7 @@ class Encoder(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.downs = nnx.List(downs)
         self.num_res_blocks = num_res_blocks
-        self.mid = ResBlock(prev, prev, dtype=dtype, rngs=rngs)
+        self.mid = ResBlock(prev, prev, dtype=dtype, remat=remat, rngs=rngs)
         self.norm_out = _norm(prev, dtype, rngs)
         self.conv_out = _conv(prev, embedding_dim, 1, dtype=dtype, rngs=rngs)
 
@@ -137,16 +148,17 @@ class Decoder(nnx.Module):
     """`trunk` (everything up to the last conv) and `head` (the last conv, G_L in the paper)."""
 
     def __init__(self, embedding_dim: int, ch: int, ch_mult: Sequence[int], num_res_blocks: int,
-                 out_channels: int, *, patch_size: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
+                 out_channels: int, *, patch_size: int = 1, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         self.patch_size = patch_size
         widths = [ch * m for m in ch_mult][::-1]
         self.conv_in = _conv(embedding_dim, widths[0], 3, dtype=dtype, rngs=rngs)
-        self.mid = ResBlock(widths[0], widths[0], dtype=dtype, rngs=rngs)
+        self.mid = ResBlock(widths[0], widths[0], dtype=dtype, remat=remat, rngs=rngs)
         blocks, ups = [], []
         prev = widths[0]
         for i, width in enumerate(widths):
             for _ in range(num_res_blocks):
-                blocks.append(ResBlock(prev, width, dtype=dtype, rngs=rngs))
+                blocks.append(ResBlock(prev, width, dtype=dtype, remat=remat, rngs=rngs))
                 prev = width
             ups.append(Upsample(prev, dtype=dtype, rngs=rngs) if i < len(widths) - 1 else None)
         self.blocks = nnx.List(blocks)
@@ -184,7 +196,8 @@ class VQGAN(nnx.Module):
 
     def __init__(self, *, image_size: int, channels: int = 3, ch: int, ch_mult: Sequence[int],
                  num_res_blocks: int, embedding_dim: int, n_codes: int, proj_dim: int,
-                 beta: float = 0.25, patch_size: int = 1, dtype=jnp.float32, rngs: nnx.Rngs):
+                 beta: float = 0.25, patch_size: int = 1, dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
         ch_mult = tuple(int(m) for m in ch_mult)
         if not ch_mult or min(ch_mult) < 1 or ch < 1 or num_res_blocks < 0 or patch_size < 1:
             raise ValueError(
@@ -201,10 +214,10 @@ class VQGAN(nnx.Module):
         self.n_codes = n_codes
         self.embedding_dim = embedding_dim
         self.encoder = Encoder(channels, ch, ch_mult, num_res_blocks, embedding_dim,
-                               patch_size=patch_size, dtype=dtype, rngs=rngs)
+                               patch_size=patch_size, dtype=dtype, remat=remat, rngs=rngs)
         self.quantizer = FactorizedCodebook(n_codes, proj_dim, embedding_dim, beta=beta, rngs=rngs)
         self.decoder = Decoder(embedding_dim, ch, ch_mult, num_res_blocks, channels,
-                               patch_size=patch_size, dtype=dtype, rngs=rngs)
+                               patch_size=patch_size, dtype=dtype, remat=remat, rngs=rngs)
 
     def _check(self, x_NHWC):
         if x_NHWC.ndim != 4 or x_NHWC.shape[1:] != (self.image_size, self.image_size,
@@ -239,4 +252,5 @@ def vqgan_from_config(config, *, rngs: nnx.Rngs) -> VQGAN:
     return VQGAN(image_size=config.image_size, channels=config.channels, ch=v.ch,
                  ch_mult=v.ch_mult, num_res_blocks=v.num_res_blocks,
                  embedding_dim=v.embedding_dim, n_codes=v.n_codes, proj_dim=v.proj_dim,
-                 beta=v.beta, patch_size=v.get("patch_size", 1), dtype=dtype, rngs=rngs)
+                 beta=v.beta, patch_size=v.get("patch_size", 1), dtype=dtype,
+                 remat=bool(config.get("remat", False)), rngs=rngs)
