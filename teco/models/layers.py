@@ -37,6 +37,13 @@ def param(rngs: nnx.Rngs, init, shape, names) -> nnx.Param:
     return nnx.Param(logical(init, names)(rngs.params(), tuple(shape), jnp.float32))
 
 
+def rematerialised(module: nnx.Module, call, *args):
+    """`call(module, *args)` under jax.checkpoint: the backward pass keeps only the inputs and
+    recomputes the activations inside (less memory, more compute)."""
+    graphdef, state = nnx.split(module)
+    return jax.checkpoint(lambda st, *a: call(nnx.merge(graphdef, st), *a))(state, *args)
+
+
 def quick_gelu(x):
     """x * sigmoid(1.702 x): the authors' transformer MLP activation."""
     return x * jax.nn.sigmoid(1.702 * x)

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from teco.models.layers import (AddBias, BroadcastPositionBiases, Dense, LayerNorm, as_dtype,
-                                gelu_tanh, param, quick_gelu, sinusoidal_bias, zeros)
+                                gelu_tanh, param, quick_gelu, rematerialised, sinusoidal_bias,
+                                zeros)
 
 NEG_INF = -1e10  # the authors' additive mask value (not -inf: fully masked rows stay finite)
 
@@ -197,9 +198,7 @@ class Transformer(nnx.Module):
             positions, positions, self.block_size)
         for layer, key in zip(self.layers, keys[1:-1]):
             if self.remat:
-                graphdef, state = nnx.split(layer)
-                h = jax.checkpoint(
-                    lambda st, x, k: nnx.merge(graphdef, st)(x, allowed, k))(state, h, key)
+                h = rematerialised(layer, lambda m, x, k: m(x, allowed, k), h, key)
             else:
                 h = layer(h, allowed, key)
         h = _dropout(self._head(h), self.dropout, keys[-1])

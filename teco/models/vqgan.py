@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from teco.models.layers import rematerialised
 from teco.models.quantizer import FactorizedCodebook
 from teco.sharding import logical
 
@@ -93,8 +94,7 @@ class ResBlock(nnx.Module):
         if self.remat:
             # Keep only the block's input for the backward pass: its two full-resolution
             # activations are recomputed, the VQ-GAN's largest memory at high resolution.
-            graphdef, state = nnx.split(self)
-            h = jax.checkpoint(lambda st, v: nnx.merge(graphdef, st)._residual(v))(state, x)
+            h = rematerialised(self, lambda block, v: block._residual(v), x)
         else:
             h = self._residual(x)
         return (x if self.skip is None else self.skip(x)) + h
