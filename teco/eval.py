@@ -16,7 +16,8 @@ reconstructions of them (`--reference=reconstruction`, the tokenizer's ceiling r
 FVD is reported as the authors do (mean +- std over chunks of 256 videos) and pooled over all.
 
 Writes to `--out` (default `<workdir>/eval/<protocol>`): metrics.json (every number, the protocol,
-the number of videos, the checkpoint step), curves.json + curves.png (per-frame PSNR/SSIM/LPIPS),
+the number of videos, the checkpoint step), curves.json + curves.png (per-frame PSNR/SSIM/LPIPS,
+and the same for the last context frame repeated: the floor a model of the dynamics beats),
 fvd.png (FVD per window of frames) and videos/ (real | generated grids of the first videos).
 
 Place memory: on data sets that store the agent's pose (memory_maze), metrics.json["revisits"]
@@ -26,6 +27,11 @@ them (seen in the context | real | generated); see teco/metrics/revisit.py. `--m
 adds the same frames imagined from the last K context frames and the real frames' teacher-forced
 NLL with the whole and the last-K context (teco/likelihood.py), compared on revisits and on
 frames that revisit nothing (metrics.json["revisits"]["memory_check"], memory.png).
+
+World identity: with clips from two or more episodes, metrics.json["world_identity"] and
+identity.png tell per window of 16 predicted frames how often the generated frames' colours
+name their own episode among all clips' contexts, against the real frames and chance
+(teco/metrics/identity.py): does the rollout stay in its maze to the end?
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import numpy as np
 from flax import nnx
 
 from teco.checkpoint import replace_text
+from teco.metrics.identity import WorldIdentity
 from teco.tasks.base import TrainState
 
 PROTOCOLS = {
@@ -218,9 +225,12 @@ def run(args) -> dict:
     lpips = LPIPS() if "lpips" in want and stage.vq_config.image_size >= 32 else None
     key = jax.random.key(args.seed)
     per_frame = {k: [] for k in ("psnr", "ssim", "lpips") if k in want}
+    # The last context frame held still: a model that learnt the dynamics beats it.
+    repeat_last = {k: [] for k in per_frame}
     reals, fakes, saved = [], [], []
     memory = PlaceMemory(context, short_context=args.memory_check,
                          window=int(stage.model.seq_len))
+    world = WorldIdentity(context)
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()
@@ -251,8 +261,13 @@ def run(args) -> dict:
             scores = frame_metrics(ref[:, context:], fake[:, context:], lpips=lpips, which=which)
             for k, v in scores.items():
                 per_frame[k].append(np.asarray(v))
+            still = np.repeat(ref[:, context - 1:context], predict, axis=1)
+            for k, v in frame_metrics(ref[:, context:], still, lpips=lpips,
+                                      which=which).items():
+                repeat_last[k].append(np.asarray(v))
+        short = None
         if poses is not None:
-            short = nll = None
+            nll = None
             if args.memory_check:  # the same frames imagined without the early context
                 k = args.memory_check
                 short_codes = np.asarray(generate.generate(
@@ -263,6 +278,7 @@ def run(args) -> dict:
                                              context, k)
             memory.add(ref, fake, poses, scores, short_fake=short, lpips=lpips,
                        episodes=episode_ids, nll=nll)
+        world.add(ref, fake, episode_ids, short_fake_BPHWC=short)
         if "fvd" in want:
             reals.append(ref)
             fakes.append(fake)
@@ -281,16 +297,16 @@ def run(args) -> dict:
                             else "VQ-GAN reconstructions of the real frames"),
               "actions": "none (no-action token)" if args.no_actions else "given",
               "sampler": spec.__dict__, "seconds": round(time.time() - start, 1)}
-    curves = {}
+    curves, baseline = {}, {}
     for k, parts in per_frame.items():
         if not parts:
             result[k] = None
             result[f"{k}_note"] = "frames smaller than LPIPS' AlexNet input (32 px)"
             continue
-        values = np.concatenate(parts)[:n]                 # [N, predict]
-        finite = np.where(np.isfinite(values), values, np.nan)
-        result[k] = float(np.nanmean(finite))
-        curves[k] = np.nanmean(finite, axis=0).tolist()
+        result[k], curves[k] = _mean_and_curve(parts, n)
+        result.setdefault("repeat_last", {"note": "the same scores for the last context frame "
+                                                  "repeated in place of the predicted frames"})
+        result["repeat_last"][k], baseline[k] = _mean_and_curve(repeat_last[k], n)
     if "fvd" in want:
         i3d = I3D(batch_size=min(4, n))
         fr = i3d.features(np.concatenate(reals)[:n])
@@ -306,6 +322,9 @@ def run(args) -> dict:
                                                   np.concatenate(fakes)[:n], args.fvd_window)
     if memory.videos:
         result["revisits"] = memory.summary(n)
+    identity = world.summary(n)
+    if identity:
+        result["world_identity"] = identity
     out.mkdir(parents=True, exist_ok=True)
     if memory.videos:
         memory.picture(out / "revisits.png",
@@ -314,10 +333,14 @@ def run(args) -> dict:
         if check:
             videos.plot_memory(out / "memory.png", check,
                                title=f"{args.protocol}, {n} videos, step {stage.step}")
+    if identity:
+        videos.plot_identity(out / "identity.png", identity,
+                             title=f"{args.protocol}, {n} videos, step {stage.step}")
     replace_text(out / "metrics.json", json.dumps(result, indent=1))
     if curves:
-        replace_text(out / "curves.json", json.dumps({"context_frames": context, **curves}))
-        videos.plot_curves(out / "curves.png", curves, context,
+        replace_text(out / "curves.json", json.dumps({"context_frames": context, **curves,
+                                                      "repeat_last": baseline}))
+        videos.plot_curves(out / "curves.png", curves, context, baseline=baseline,
                            title=f"{args.protocol}, {n} videos, step {stage.step}")
     if result.get("fvd_windows"):
         w = result["fvd_windows"]
@@ -327,6 +350,13 @@ def run(args) -> dict:
         grid = videos.upscale(videos.side_by_side(ref, fake, context), 2)
         videos.write_video(out / "videos" / f"batch_{j:02d}.mp4", grid)
     return result
+
+
+def _mean_and_curve(parts: list, n: int) -> tuple[float, list]:
+    """The mean over the first n videos' finite per-frame scores, and the mean per frame."""
+    values = np.concatenate(parts)[:n]                     # [N, predict]
+    finite = np.where(np.isfinite(values), values, np.nan)
+    return float(np.nanmean(finite)), np.nanmean(finite, axis=0).tolist()
 
 
 class PlaceMemory:

@@ -14,7 +14,7 @@ set is built once, a finished training is not repeated, a stage whose input chan
     samples/         samples.npz and videos/ (real | generated, context outlined green)
     filmstrip.png    real above generated frames, from the last context frame to the end
     eval/            metrics.json, curves.json, curves.png, fvd.png, revisits.png, memory.png,
-                     videos/
+                     identity.png, videos/
     metrics.json     the evaluation's numbers, copied to the top
 """
 from __future__ import annotations
@@ -281,13 +281,33 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
 
 def headline(result: dict) -> str:
     """The evaluation's main numbers in a few lines."""
+    from teco.metrics import identity
+
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
     lines = [f"{result['num_videos']} held-out videos, {result['predicted_frames']} frames after "
              f"{result['context_frames']}: " + ", ".join(
                  f"{k.upper()} {fmt(result.get(k))}" for k in ("psnr", "ssim", "lpips"))]
+    still = result.get("repeat_last")
+    if still:
+        lines.append("the last context frame repeated instead: " + ", ".join(
+            f"{k.upper()} {fmt(still.get(k))}" for k in ("psnr", "ssim", "lpips")))
     if isinstance(result.get("fvd"), dict):
         lines.append(f"FVD {result['fvd']['pooled']:.1f} (pooled over the videos, context "
                      "included)")
+    world = result.get("world_identity")
+    if world:
+        last = {k: world[k][-1] for k in ("real", "generated", "short_context") if k in world}
+        pct = lambda w: f"{w['accuracy']:.0%} [{w['interval'][0]:.0%}, {w['interval'][1]:.0%}]"
+        verdict = ("the late frames keep their maze's colours" if identity.kept(world)
+                   else "not above chance: the late frames do not keep their maze's colours")
+        lines.append(
+            f"world identity, frames {world['start'][-1]}-"
+            f"{result['context_frames'] + result['predicted_frames'] - 1}: the generated "
+            f"frames' colours name their own episode of {world['episodes']} in "
+            f"{pct(last['generated'])} of the videos (real frames {pct(last['real'])}"
+            + (f", generated from the last context frames {pct(last['short_context'])}"
+               if "short_context" in last else "")
+            + f"; chance {world['chance']:.0%}): {verdict}")
     rev = result.get("revisits")
     if rev:
         lines.append(f"place memory: {rev['revisit_frames']} of {rev['predicted_frames']} "

@@ -88,14 +88,20 @@ def _save(fig, path: str | os.PathLike, dpi: int = 110, **layout) -> Path:
 
 
 def plot_curves(path: str | os.PathLike, curves: dict[str, np.ndarray], n_context: int,
-                title: str = "") -> Path:
-    """One panel per metric: value per predicted frame (x = frames after the context)."""
+                title: str = "", baseline: dict[str, np.ndarray] | None = None) -> Path:
+    """One panel per metric: value per predicted frame (x = frames after the context);
+    `baseline`: the same metrics for the last context frame repeated, dashed."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.2), squeeze=False)
     for ax, (name, values) in zip(axes[0], curves.items()):
         values = np.asarray(values, np.float64)
         x = np.arange(1, len(values) + 1)
-        ax.plot(x, np.where(np.isfinite(values), values, np.nan), lw=1.5)
+        ax.plot(x, np.where(np.isfinite(values), values, np.nan), lw=1.5, label="generated")
+        if baseline and name in baseline:
+            still = np.asarray(baseline[name], np.float64)
+            ax.plot(x, np.where(np.isfinite(still), still, np.nan), lw=1, ls="--",
+                    color="gray", label="last context frame repeated")
+            ax.legend(fontsize=7)
         ax.set_xlabel(f"frames after the {n_context} context frames")
         ax.set_ylabel(name.upper())
         ax.grid(alpha=0.3)
@@ -162,6 +168,35 @@ def plot_memory(path: str | os.PathLike, check: dict, title: str = "") -> Path:
     if title:
         fig.suptitle(title + f" (bar labels: frames; last {check['short_context']} context "
                      "frames vs all)", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_identity(path: str | os.PathLike, identity: dict, title: str = "") -> Path:
+    """How often each window of predicted frames names its own episode by its colours
+    (teco/metrics/identity.py): the real frames (the ceiling), the generated ones and those
+    imagined from the last context frames only, with 95% intervals, chance dashed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.8, 3.6))
+    centres = np.asarray(identity["start"], np.float64) + identity["window"] / 2
+    labels = {"real": ("real frames", "black"), "generated": ("generated", "tab:red"),
+              "short_context": ("generated from the last context frames", "tab:gray")}
+    for j, (kind, (label, colour)) in enumerate(labels.items()):
+        if kind not in identity:
+            continue
+        acc = np.array([w["accuracy"] for w in identity[kind]])
+        lo, hi = np.array([w["interval"] for w in identity[kind]]).T
+        x = centres + (j - 1) * 0.6  # side by side, so that the bars do not hide each other
+        ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="o-", color=colour, capsize=3,
+                    lw=1.5, label=label)
+    ax.axhline(identity["chance"], color="black", ls="--", lw=0.8,
+               label=f"chance (1 of {identity['episodes']})")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(f"frame (centre of each {identity['window']}-frame window)")
+    ax.set_ylabel("names its own episode")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=7)
+    ax.set_title((title + "\n" if title else "") + "colours of the window vs each clip's context",
+                 fontsize=8)
     return _save(fig, path)
 
 

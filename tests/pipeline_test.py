@@ -16,8 +16,12 @@ def test_tiny_pipeline_end_to_end(tmp_path_factory):
     assert np.isfinite(result["fvd"]["pooled"]) and result["fvd"]["authors"]["chunk"] == 2
     assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint_step"] == 6
     curves = json.loads((tmp_path / "eval" / "curves.json").read_text())
-    assert len(curves["psnr"]) == 8
+    assert len(curves["psnr"]) == 8 and len(curves["repeat_last"]["psnr"]) == 8
+    assert np.isfinite(result["repeat_last"]["ssim"])
     assert (tmp_path / "eval" / "curves.png").stat().st_size > 0
+    world = result["world_identity"]  # 2 held-out episodes: one 8-frame window each
+    assert world["episodes"] == 2 and world["start"] == [2] and len(world["generated"]) == 1
+    assert (tmp_path / "eval" / "identity.png").stat().st_size > 0
     with np.load(tmp_path / "samples" / "samples.npz") as f:
         assert f["video"].shape == (2, 10, 16, 16, 3) and f["video"].dtype == np.uint8
         assert int(f["n_context"]) == 2
@@ -91,8 +95,32 @@ def test_headline_states_the_scores_and_the_place_memory():
     text = pipeline.headline(result)
     assert "8 held-out videos, 64 frames after 36: PSNR 17.400, SSIM 0.570, LPIPS n/a" in text
     assert "FVD 1440.2" in text
+    assert "repeated" not in text
+    still = {"psnr": 18.25, "ssim": 0.6, "lpips": None}
+    assert ("the last context frame repeated instead: PSNR 18.250, SSIM 0.600, LPIPS n/a"
+            in pipeline.headline(dict(result, repeat_last=still)))
     assert "40 of 512 predicted frames" in text and "-0.250 dB" in text
     assert "place memory" not in pipeline.headline(dict(result, revisits=None))
+
+
+@pytest.mark.parametrize("interval, verdict", [
+    ((0.5, 1.0), "the late frames keep their maze's colours"),
+    ((0.0, 0.5), "not above chance: the late frames do not keep their maze's colours")])
+def test_headline_states_the_world_identity_of_the_last_window(interval, verdict):
+    window = lambda acc, lo, hi: {"accuracy": acc, "interval": [lo, hi]}
+    world = {"start": [36, 52, 68, 84], "window": 16, "episodes": 8, "chance": 0.125,
+             "real": [window(0.875, 0.625, 1.0)] * 4,
+             "generated": [window(0.5, 0.25, 0.75)] * 3 + [window(0.75, *interval)]}
+    result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36, "psnr": 17.4,
+              "ssim": 0.57, "lpips": 0.3, "world_identity": world}
+    line = pipeline.headline(result).splitlines()[-1]
+    assert line.startswith("world identity, frames 84-99: the generated frames' colours name "
+                           "their own episode of 8 in 75% [")
+    assert "(real frames 88% [62%, 100%]; chance 12%)" in line
+    assert line.endswith(verdict)
+    world["short_context"] = [window(0.125, 0.0, 0.375)] * 4
+    assert ", generated from the last context frames 12% [0%, 38%];" in (
+        pipeline.headline(result).splitlines()[-1])
 
 
 def test_headline_states_the_memory_check():

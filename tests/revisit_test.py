@@ -288,6 +288,11 @@ def test_eval_memory_check_end_to_end(tmp_path, tmp_path_factory, monkeypatch):
     assert bars["revisits out of the window"]["frames"] == 4
     assert bars["no revisit (control)"]["frames"] == 8    # frames 4 and 7 of every clip
     assert (out / "revisits.png").stat().st_size > 0 and (out / "memory.png").stat().st_size > 0
+    # The short-context rollouts are scored for world identity too (teco/metrics/identity.py).
+    world = result["world_identity"]
+    assert world["videos"] == 4 and world["episodes"] == 2 and world["start"] == [4]
+    assert [len(world[k]) for k in ("real", "generated", "short_context")] == [1, 1, 1]
+    assert (out / "identity.png").stat().st_size > 0
 
 
 def test_mean_interval_covers_the_mean_and_skips_what_it_cannot_score():

@@ -1,0 +1,116 @@
+"""Does a rollout stay in its own world? The episode told apart by its colours.
+
+A held-out clip's context frames show its world, and in Memory Maze, DMLab or Minecraft a world
+has colours of its own (a maze's wall colours, floor and textures). A window of predicted frames
+*keeps its world* when, of all the evaluated clips' contexts, the one whose colour histogram is
+nearest to the window's (Hellinger distance) was cut from the same episode. The real frames of
+the same window show how well colours tell the episodes apart (the ceiling); one over the number
+of episodes is chance. It needs no poses and is blind to where things are: a rollout can keep
+its world's colours and still not remember a place (teco/metrics/revisit.py asks that). Late
+windows, whose frames the model's temporal window no longer shares with the context, test
+whether the model carries the world through its own frames. Pure numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BINS = 8  # levels per channel: 512 colours, coarse enough for blurry generated frames
+WINDOW = 16
+
+
+def colour_histograms(frames_NTHWC: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """float64 [N, bins**3]: the share of each quantised RGB colour over all frames of a clip."""
+    x = np.asarray(frames_NTHWC)
+    if x.dtype != np.uint8 or x.ndim != 5 or x.shape[-1] != 3:
+        raise ValueError(f"colour_histograms wants uint8 [N, T, H, W, 3], got {x.dtype} "
+                         f"{x.shape}")
+    q = (x.astype(np.int64) * bins) >> 8
+    colour = ((q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]).reshape(len(x), -1)
+    k = bins ** 3
+    counts = np.bincount((colour + k * np.arange(len(x))[:, None]).ravel(),
+                         minlength=k * len(x)).reshape(len(x), k)
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+
+def hellinger(p_NK: np.ndarray, q_MK: np.ndarray) -> np.ndarray:
+    """[N, M] Hellinger distances (0 = same colours, 1 = no colour shared)."""
+    diff = np.sqrt(p_NK)[:, None] - np.sqrt(q_MK)[None]
+    return np.sqrt(0.5 * (diff ** 2).sum(-1))
+
+
+def own_episode_nearest(query_NK: np.ndarray, context_NK: np.ndarray,
+                        episodes_N: np.ndarray) -> np.ndarray:
+    """bool [N]: whether the context nearest to each query was cut from the query's episode."""
+    nearest = hellinger(query_NK, context_NK).argmin(1)
+    episodes = np.asarray(episodes_N)
+    return episodes[nearest] == episodes
+
+
+class WorldIdentity:
+    """Collects colour histograms batch by batch during evaluation; `summary` tells, per window
+    of `window` predicted frames, how often the real, the generated and (with a memory check)
+    the short-context generated frames name their own episode."""
+
+    def __init__(self, n_context: int, window: int = WINDOW):
+        if window < 1:
+            raise ValueError(f"window must be at least 1 frame, got {window}")
+        self.n_context, self.window = n_context, window
+        self.context, self.episodes = [], []
+        self.windows: dict[str, list] = {"real": [], "generated": [], "short_context": []}
+
+    def _per_window(self, predicted_BPHWC: np.ndarray) -> np.ndarray:
+        p = predicted_BPHWC.shape[1]
+        return np.stack([colour_histograms(predicted_BPHWC[:, s:s + self.window])
+                         for s in range(0, p, self.window)], axis=1)       # [B, W, K]
+
+    def add(self, real_BTHWC, fake_BTHWC, episodes_B, short_fake_BPHWC=None) -> None:
+        """real / fake: uint8 [B, context + predicted, H, W, 3]; short_fake: the predicted frames
+        imagined from the last K context frames, [B, predicted, H, W, 3]."""
+        c = self.n_context
+        self.context.append(colour_histograms(real_BTHWC[:, :c]))
+        self.episodes.append(np.asarray(episodes_B))
+        self.windows["real"].append(self._per_window(real_BTHWC[:, c:]))
+        self.windows["generated"].append(self._per_window(fake_BTHWC[:, c:]))
+        if short_fake_BPHWC is not None:
+            self.windows["short_context"].append(self._per_window(short_fake_BPHWC))
+
+    def summary(self, n: int) -> dict | None:
+        """None with fewer than two episodes (nothing to tell apart)."""
+        from teco.metrics.revisit import mean_interval
+
+        if not self.context:
+            return None
+        context = np.concatenate(self.context)[:n]
+        episodes = np.concatenate(self.episodes)[:n]
+        n_episodes = len(np.unique(episodes))
+        if n_episodes < 2:
+            return None
+        out = {"definition": f"a window of {self.window} predicted frames names its own episode "
+                             "when, of all clips' context frames, the nearest by colour "
+                             f"histogram ({BINS}^3 RGB bins, Hellinger distance) was cut from "
+                             "its episode; 'real': the real frames of the window (how well "
+                             "colours tell these episodes apart), 'chance': 1 / episodes; "
+                             "intervals resample the episodes",
+               "window": self.window, "videos": int(len(context)), "episodes": n_episodes,
+               "chance": 1.0 / n_episodes, "start": [], "real": [], "generated": []}
+        kinds = [k for k, parts in self.windows.items() if parts]
+        if "short_context" in kinds:
+            out["short_context"] = []
+        hits = {}
+        for kind in kinds:
+            hist = np.concatenate(self.windows[kind])[:n]                   # [N, W, K]
+            hits[kind] = np.stack([own_episode_nearest(hist[:, w], context, episodes)
+                                   for w in range(hist.shape[1])], axis=1)  # [N, W]
+        for w in range(hits["real"].shape[1]):
+            out["start"].append(self.n_context + w * self.window)
+            for kind in kinds:
+                column = np.zeros_like(hits[kind], bool)
+                column[:, w] = True
+                stats = mean_interval(hits[kind].astype(np.float64), column, groups_N=episodes)
+                out[kind].append({"accuracy": stats["mean"], "interval": stats["interval"]})
+        return out
+
+
+def kept(summary: dict, kind: str = "generated", window: int = -1) -> bool:
+    """Whether that window's accuracy interval lies above chance."""
+    return summary[kind][window]["interval"][0] > summary["chance"]
