@@ -176,7 +176,7 @@ def plot_identity(path: str | os.PathLike, identity: dict, title: str = "") -> P
     (teco/metrics/identity.py): the real frames (the ceiling), the generated ones and those
     imagined from the last context frames only, with 95% intervals, chance dashed."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.8, 3.6))
+    fig, ax = plt.subplots(figsize=(5.8, 4.2))
     centres = np.asarray(identity["start"], np.float64) + identity["window"] / 2
     labels = {"real": ("real frames", "black"), "generated": ("generated", "tab:red"),
               "short_context": ("generated from the last context frames", "tab:gray")}
@@ -194,7 +194,8 @@ def plot_identity(path: str | os.PathLike, identity: dict, title: str = "") -> P
     ax.set_xlabel(f"frame (centre of each {identity['window']}-frame window)")
     ax.set_ylabel("names its own episode")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=7)
+    # Below the axes: inside, it would hide the low accuracies that matter most.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=7)
     ax.set_title((title + "\n" if title else "") + "colours of the window vs each clip's context",
                  fontsize=8)
     return _save(fig, path)
