@@ -33,13 +33,13 @@ def at_least(minimum: int):
     return parse
 
 
-def positive_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -67,7 +67,8 @@ def parse(argv):
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
     """MaskGit decoding options; each defaults to the run's config key of the same name."""
     p.add_argument("--sampler", choices=["draft_revise", "confidence"], default=None)
-    p.add_argument("--temperature", type=positive_float, default=None)
+    p.add_argument("--temperature", type=non_negative_float, default=None,
+                   help="0: every token its most likely code (argmax)")
     p.add_argument("--top_k", type=at_least(0), default=None, help="0: no top-k filtering")
     p.add_argument("--guidance_scale", type=float, default=None,
                    help="1: action-conditioned logits, 0: unconditioned, >1: stronger actions")

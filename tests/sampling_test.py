@@ -84,3 +84,16 @@ def test_top_k_and_temperature_zero():
         jax.random.split(jax.random.key(0), 200))
     assert set(np.unique(np.asarray(draws))) <= {1, 3}
     assert int(sampling.sample_logits(jax.random.key(0), logits, 0.0)[0]) == 1
+
+
+def test_temperature_zero_on_the_command_line_is_the_configs_argmax():
+    from ml_collections import ConfigDict
+
+    from teco import eval as teco_eval
+    from teco.sample import sampler_spec
+
+    config = ConfigDict(dict(sampler="draft_revise", T_draft=8, T_revise=8, M=2,
+                             temperature=1.0, top_k=0, guidance_scale=1.0))
+    args = teco_eval.parse(["--workdir=w", "--temperature=0"])
+    assert sampler_spec(config, args).temperature == 0.0
+    assert sampler_spec(config, teco_eval.parse(["--workdir=w"])).temperature == 1.0
