@@ -35,6 +35,10 @@ def test_hellinger_is_0_for_the_same_colours_and_1_for_none_shared():
     p = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])
     d = hellinger(p, p)
     assert np.allclose(np.diag(d), 0.0) and d[0, 1] == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    a, b = rng.dirichlet(np.ones(16), 3), rng.dirichlet(np.ones(16), 5)
+    direct = np.sqrt(0.5 * ((np.sqrt(a)[:, None] - np.sqrt(b)[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(hellinger(a, b), direct, atol=1e-7)
 
 
 def test_bad_frames_are_refused_with_their_shape():

@@ -33,9 +33,11 @@ def colour_histograms(frames_NTHWC: np.ndarray, bins: int = BINS) -> np.ndarray:
 
 
 def hellinger(p_NK: np.ndarray, q_MK: np.ndarray) -> np.ndarray:
-    """[N, M] Hellinger distances (0 = same colours, 1 = no colour shared)."""
-    diff = np.sqrt(p_NK)[:, None] - np.sqrt(q_MK)[None]
-    return np.sqrt(0.5 * (diff ** 2).sum(-1))
+    """[N, M] Hellinger distances between histograms that sum to 1 (0 = same colours, 1 = no
+    colour shared), through the Bhattacharyya coefficient: a matrix product, so that a thousand
+    clips never hold a [N, M, K] array."""
+    overlap = np.sqrt(p_NK) @ np.sqrt(q_MK).T
+    return np.sqrt(np.clip(1.0 - overlap, 0.0, 1.0))
 
 
 def own_episode_nearest(query_NK: np.ndarray, context_NK: np.ndarray,
