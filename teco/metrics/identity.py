@@ -94,21 +94,18 @@ class WorldIdentity:
                              "colours tell these episodes apart), 'chance': 1 / episodes; "
                              "intervals resample the episodes",
                "window": self.window, "videos": int(len(context)), "episodes": n_episodes,
-               "chance": 1.0 / n_episodes, "start": [], "real": [], "generated": []}
-        kinds = [k for k, parts in self.windows.items() if parts]
-        if "short_context" in kinds:
-            out["short_context"] = []
-        hits = {}
-        for kind in kinds:
-            hist = np.concatenate(self.windows[kind])[:n]                   # [N, W, K]
-            hits[kind] = np.stack([own_episode_nearest(hist[:, w], context, episodes)
-                                   for w in range(hist.shape[1])], axis=1)  # [N, W]
-        for w in range(hits["real"].shape[1]):
-            out["start"].append(self.n_context + w * self.window)
-            for kind in kinds:
-                column = np.zeros_like(hits[kind], bool)
-                column[:, w] = True
-                stats = mean_interval(hits[kind].astype(np.float64), column, groups_N=episodes)
+               "chance": 1.0 / n_episodes}
+        every_video = np.ones((len(context), 1), bool)
+        for kind, parts in self.windows.items():
+            if not parts:
+                continue
+            hist = np.concatenate(parts)[:n]                                # [N, W, K]
+            out["start"] = [self.n_context + w * self.window for w in range(hist.shape[1])]
+            out[kind] = []
+            for w in range(hist.shape[1]):
+                hits = own_episode_nearest(hist[:, w], context, episodes)   # [N]
+                stats = mean_interval(hits[:, None].astype(np.float64), every_video,
+                                      groups_N=episodes)
                 out[kind].append({"accuracy": stats["mean"], "interval": stats["interval"]})
         return out
 
