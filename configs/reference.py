@@ -237,6 +237,14 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
             "teco": "Rematerialise the transformer layers (temporal and MaskGit) in the backward "
                     f"pass: less memory, more compute ({_TFM}).",
         },
+        "encoder_frames_per_chunk": "0 runs TECO's conditional encoder on all frames of the "
+                                    "clip at once; N > 0 runs it on N time steps at a time, "
+                                    "recomputed in the backward pass: the same loss and "
+                                    "gradients, the encoder's activation memory divided by "
+                                    "about T / N, its forward pass run twice (the published "
+                                    "DMLab config at batch 32 on 8 devices: 17.6 -> 9.3 GiB per "
+                                    "device with N = 75; launch/README.md) "
+                                    "(teco/models/layers.py over_time_in_chunks).",
         "mesh.data": "Size of the mesh's data-parallel axis; -1 takes the devices left "
                      "(teco/sharding.py).",
         "mesh.fsdp": "Size of the fully sharded data-parallel axis: the batch and the embed and "

@@ -25,6 +25,9 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.encoder = ml_collections.ConfigDict(dict(depths=(256, 512), blocks=2))  # 16x16 -> 8x8
     c.decoder = ml_collections.ConfigDict(dict(depths=(256, 512), blocks=4))
     c.embedding_dim = 64
+    # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
+    # recomputed in the backward pass (less activation memory at the same result, more compute).
+    c.encoder_frames_per_chunk = 0
     c.codebook = ml_collections.ConfigDict(dict(n_codes=1024, proj_dim=32))
     c.n_cond = 1
 

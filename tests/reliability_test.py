@@ -237,6 +237,9 @@ def test_config_change_refused_unless_allowed(tmp_path, data_dir, monkeypatch):
                                       allow_config_change=True)
     assert result["start_step"] == 3
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1e-3
+    # What the backward pass recomputes may change too (a run out of memory resumes with it).
+    assert checkpoint.check_config(tmp_path, toy_config(data_dir, total_steps=4, lr=1e-3,
+                                                        remat=True)) == {"remat": (False, True)}
     # A workdir without checkpoints has nothing to protect.
     fresh = tmp_path / "fresh"
     checkpoint.save_config(fresh, changed)

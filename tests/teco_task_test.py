@@ -80,6 +80,22 @@ def test_eight_devices_data_fsdp_model_match_one_device(task):
     assert any(any(axis is not None for axis in spec) for spec in specs)
 
 
+def test_encoder_in_chunks_sharded_matches_whole_clip(task, vq):
+    """The encoder run 4 of the 6 time steps at a time (the last chunk padded), on 8 devices,
+    trains as the whole-clip encoder does on one device."""
+    chunked = TecoTask(teco_config(encoder_frames_per_chunk=4), vqgan=vq[0], vq_config=vq[1])
+    batch = code_batch(task, seed=2)
+    one = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
+    eight = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
+    s1, m1 = run_steps(task, one, batch, 2)
+    s8, m8 = run_steps(chunked, eight, batch, 2)
+    for a, b in zip(m1, m8):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4)
+    for a, b in zip(jax.tree.leaves(jax.device_get(s1.params)),
+                    jax.tree.leaves(jax.device_get(s8.params))):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+
+
 def test_pixels_path_encodes_with_the_frozen_vqgan(vq):
     pix = TecoTask(teco_config(), vqgan=vq[0], vq_config=vq[1])
     rng = np.random.default_rng(0)

@@ -44,6 +44,29 @@ def rematerialised(module: nnx.Module, call, *args):
     return jax.checkpoint(lambda st, *a: call(nnx.merge(graphdef, st), *a))(state, *args)
 
 
+def over_time_in_chunks(module: nnx.Module, call, x_BTX, frames_per_chunk: int):
+    """`call(module, x_NX)` on the B * T frames of x_BTX, `frames_per_chunk` time steps (of every
+    video) at a time, each chunk under jax.checkpoint: the backward pass keeps the chunks' inputs
+    and recomputes one chunk's activations at a time, so a per-frame network's peak memory is a
+    chunk's, not the whole clip's. T is padded up to whole chunks (the padding's outputs are
+    dropped). Chunks run along time, so a batch sharded over devices stays sharded."""
+    b, t = x_BTX.shape[:2]
+    n = -(-t // frames_per_chunk)
+    pad = n * frames_per_chunk - t
+    if pad:
+        x_BTX = jnp.pad(x_BTX, [(0, 0), (0, pad)] + [(0, 0)] * (x_BTX.ndim - 2))
+    chunks = x_BTX.reshape(b, n, frames_per_chunk, *x_BTX.shape[2:]).swapaxes(0, 1)
+    graphdef, state = nnx.split(module)
+
+    @jax.checkpoint
+    def one_chunk(state, x_BCX):
+        y = call(nnx.merge(graphdef, state), x_BCX.reshape(b * frames_per_chunk, *x_BCX.shape[2:]))
+        return y.reshape(b, frames_per_chunk, *y.shape[1:])
+
+    y_NBCX = jax.lax.map(lambda x: one_chunk(state, x), chunks)
+    return y_NBCX.swapaxes(0, 1).reshape(b, n * frames_per_chunk, *y_NBCX.shape[3:])[:, :t]
+
+
 def quick_gelu(x):
     """x * sigmoid(1.702 x): the authors' transformer MLP activation."""
     return x * jax.nn.sigmoid(1.702 * x)

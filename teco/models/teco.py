@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from teco import losses
-from teco.models.layers import Dense, Embed, ResNetDecoder, ResNetEncoder, as_dtype, param
+from teco.models.layers import (Dense, Embed, ResNetDecoder, ResNetEncoder, as_dtype,
+                               over_time_in_chunks, param)
 from teco.models.maskgit import MASK_TOKEN, MaskGit, sample_training_mask
 from teco.models.quantizer import FactorizedCodebook
 from teco.models.transformer import Transformer
@@ -75,7 +76,7 @@ class TECO(nnx.Module):
                  use_actions: bool = True, action_dim: int = 6, action_embed_dim: int = 16,
                  dropout_actions: bool = True, drop_loss_rate: float = 0.0,
                  label_smoothing: float = 0.01, dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs):
+                 encoder_frames_per_chunk: int = 0, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -98,6 +99,10 @@ class TECO(nnx.Module):
         self.use_actions, self.dropout_actions = use_actions, dropout_actions
         self.drop_loss_rate, self.label_smoothing = float(drop_loss_rate), float(label_smoothing)
         self.tfm_embed_dim = tfm_embed_dim
+        if encoder_frames_per_chunk < 0:
+            raise ValueError(f"TECO: encoder_frames_per_chunk must be >= 0 (0: all frames at once), "
+                             f"got {encoder_frames_per_chunk}")
+        self.encoder_frames_per_chunk = int(encoder_frames_per_chunk)
         self.dtype = as_dtype(dtype)
         if not 0.0 <= self.drop_loss_rate < 1.0:
             raise ValueError(f"TECO: drop_loss_rate must be in [0, 1), got {drop_loss_rate}")
@@ -141,6 +146,9 @@ class TECO(nnx.Module):
         sos = jnp.broadcast_to(self.sos_post[...][None, None], (b, 1) + self.sos_post.shape)
         prev = jnp.concatenate([sos, e[:, :-1]], axis=1)
         x = jnp.concatenate([prev, e], axis=-1)
+        if self.encoder_frames_per_chunk and x.shape[1] > self.encoder_frames_per_chunk:
+            return over_time_in_chunks((self.encoder, self.encoder_out),
+                                       lambda m, f: m[1](m[0](f)), x, self.encoder_frames_per_chunk)
         return _flat_time(lambda f: self.encoder_out(self.encoder(f)), x)
 
     def encode(self, vq_embeddings_BTHWC):
@@ -279,7 +287,8 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         use_actions=config.use_actions, action_dim=config.action_dim,
         action_embed_dim=config.action_embed_dim, dropout_actions=config.dropout_actions,
         drop_loss_rate=config.drop_loss_rate, label_smoothing=config.get("label_smoothing", 0.01),
-        dtype=config.get("compute_dtype", "float32"), remat=config.get("remat", False), rngs=rngs)
+        dtype=config.get("compute_dtype", "float32"), remat=config.get("remat", False),
+        encoder_frames_per_chunk=config.get("encoder_frames_per_chunk", 0), rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
