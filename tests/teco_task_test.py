@@ -52,6 +52,17 @@ def run_steps(task, mesh, batch, n):
     return state, jax.device_get(losses)
 
 
+def assert_trains_alike(run_a, run_b):
+    """The same losses and parameters after the same steps; returns run_b's state."""
+    (state_a, metrics_a), (state_b, metrics_b) = run_a, run_b
+    for a, b in zip(metrics_a, metrics_b):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4)
+    for a, b in zip(jax.tree.leaves(jax.device_get(state_a.params)),
+                    jax.tree.leaves(jax.device_get(state_b.params))):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+    return state_b
+
+
 def test_loss_terms_logged_and_decreasing_on_a_fixed_batch(task):
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
     _, metrics = run_steps(task, mesh, code_batch(task), 8)
@@ -64,36 +75,27 @@ def test_loss_terms_logged_and_decreasing_on_a_fixed_batch(task):
     assert metrics[-1]["loss"] < 0.9 * metrics[0]["loss"]
 
 
-def test_eight_devices_data_fsdp_model_match_one_device(task):
-    batch = code_batch(task, seed=1)
+@pytest.fixture(scope="module")
+def one_device_run(task):
+    """Two steps of the whole-clip encoder on one device: what the sharded runs must match."""
     one = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
+    return run_steps(task, one, code_batch(task, seed=1), 2)
+
+
+def test_eight_devices_data_fsdp_model_match_one_device(task, one_device_run):
     eight = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
-    s1, m1 = run_steps(task, one, batch, 2)
-    s8, m8 = run_steps(task, eight, batch, 2)
-    for a, b in zip(m1, m8):
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4)
-    flat1, flat8 = jax.tree.leaves(jax.device_get(s1.params)), jax.tree.leaves(jax.device_get(s8.params))
-    for a, b in zip(flat1, flat8):
-        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+    s8 = assert_trains_alike(one_device_run, run_steps(task, eight, code_batch(task, seed=1), 2))
     # Something really is split over the mesh (the tiny model's wide matrices are).
     specs = [x.sharding.spec for x in jax.tree.leaves(s8.params)]
     assert any(any(axis is not None for axis in spec) for spec in specs)
 
 
-def test_encoder_in_chunks_sharded_matches_whole_clip(task, vq):
+def test_encoder_in_chunks_sharded_matches_whole_clip(task, vq, one_device_run):
     """The encoder run 4 of the 6 time steps at a time (the last chunk padded), on 8 devices,
     trains as the whole-clip encoder does on one device."""
     chunked = TecoTask(teco_config(encoder_frames_per_chunk=4), vqgan=vq[0], vq_config=vq[1])
-    batch = code_batch(task, seed=2)
-    one = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
     eight = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
-    s1, m1 = run_steps(task, one, batch, 2)
-    s8, m8 = run_steps(chunked, eight, batch, 2)
-    for a, b in zip(m1, m8):
-        np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4)
-    for a, b in zip(jax.tree.leaves(jax.device_get(s1.params)),
-                    jax.tree.leaves(jax.device_get(s8.params))):
-        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+    assert_trains_alike(one_device_run, run_steps(chunked, eight, code_batch(task, seed=1), 2))
 
 
 def test_pixels_path_encodes_with_the_frozen_vqgan(vq):
