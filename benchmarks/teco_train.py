@@ -112,7 +112,8 @@ def run_step_case(name: str, drop_loss: float, steps: int) -> dict:
     peak = peak_matmul_flops()
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     return {"case": name, "drop_loss_rate": drop_loss,
-            "encoder_frames_per_chunk": int(config.encoder_frames_per_chunk), "params_M": round(n_params / 1e6, 2),
+            "encoder_frames_per_chunk": int(config.encoder_frames_per_chunk),
+            "params_M": round(n_params / 1e6, 2),
             "batch_size": int(config.batch_size), "seq_len": int(config.seq_len),
             "compile_s": round(compile_s, 1), "step_s": round(step_s, 4),
             "frames_per_s": round(config.batch_size * config.seq_len / step_s, 1),

@@ -146,10 +146,11 @@ class TECO(nnx.Module):
         sos = jnp.broadcast_to(self.sos_post[...][None, None], (b, 1) + self.sos_post.shape)
         prev = jnp.concatenate([sos, e[:, :-1]], axis=1)
         x = jnp.concatenate([prev, e], axis=-1)
+        modules = (self.encoder, self.encoder_out)
+        per_frame = lambda m, f: m[1](m[0](f))  # noqa: E731
         if self.encoder_frames_per_chunk and x.shape[1] > self.encoder_frames_per_chunk:
-            return over_time_in_chunks((self.encoder, self.encoder_out),
-                                       lambda m, f: m[1](m[0](f)), x, self.encoder_frames_per_chunk)
-        return _flat_time(lambda f: self.encoder_out(self.encoder(f)), x)
+            return over_time_in_chunks(modules, per_frame, x, self.encoder_frames_per_chunk)
+        return _flat_time(lambda f: per_frame(modules, f), x)
 
     def encode(self, vq_embeddings_BTHWC):
         """-> cond [B, n_cond, z_h, z_w, D] (continuous, never quantised), z_embeddings and z_codes of
