@@ -3,12 +3,17 @@
     python benchmarks/teco_train.py step                     # every case, DropLoss 0.9 and off
     python benchmarks/teco_train.py step --cases dmlab_b1 dmlab_b1_chunked --drop_loss 0.9
     python benchmarks/teco_train.py memory --devices 8 32    # dmlab @ batch 32, compiled per device
+    python benchmarks/teco_train.py encoder --frames 30 --chunk 10   # where chunking costs time
 
 `step`: each case runs in its own process (peak RSS is per process): compile, then the median
 time of `--steps` steps on random codes, frames/s, XLA's cost-analysis FLOPs of the step and
 their rate against this machine's measured peak matmul FLOP/s.
 `memory`: the dmlab config at batch 32 is compiled (not run) for N simulated CPU devices with the
 config's mesh rules; XLA's memory analysis gives the bytes each device needs.
+`encoder`: the dmlab conditional encoder alone on one video of `--frames` frames, whole and
+`--chunk` time steps at a time (`encoder_frames_per_chunk`): the forward pass, the gradient
+with respect to the parameters and the input, and the input's gradient alone (seconds, after
+compiling), so the cost of the chunk loop shows where it falls.
 """
 from __future__ import annotations
 
@@ -160,10 +165,39 @@ def run_memory_case(n_devices: int, mesh_sizes: dict, over: dict) -> dict:
             "compile_s": round(time.perf_counter() - t0, 1)}
 
 
+def run_encoder_case(frames: int, chunk: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from teco.config import load_config
+    from teco.models.teco import teco_from_config
+
+    out = {"config": "configs/dmlab.py", "frames": frames, "chunk": chunk}
+    for label, per_chunk in (("whole", 0), ("chunked", chunk)):
+        config = load_config("configs/dmlab.py", {"encoder_frames_per_chunk": per_chunk})
+        model = teco_from_config(config, 1024, 64, (16, 16), rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(model)
+        e = jax.random.normal(jax.random.key(0), (1, frames, 16, 16, 64))
+
+        def loss(state, e):
+            return jnp.sum(jnp.square(nnx.merge(graphdef, state).encode_continuous(e)))
+
+        fns = {"forward_s": jax.jit(loss),
+               "grad_params_and_input_s": jax.jit(jax.grad(loss, argnums=(0, 1))),
+               "grad_input_only_s": jax.jit(jax.grad(loss, argnums=1))}
+        for name, fn in fns.items():
+            jax.block_until_ready(fn(state, e))  # compile
+            out[f"{label}_{name}"] = round(_timed(lambda: jax.block_until_ready(fn(state, e))), 2)
+    return out
+
+
 def _child(argv) -> None:
     kind = argv[0]
     if kind == "step":
         print(json.dumps(run_step_case(argv[1], float(argv[2]), int(argv[3]))))
+    elif kind == "encoder":
+        print(json.dumps(run_encoder_case(int(argv[1]), int(argv[2]))))
     else:
         print(json.dumps(run_memory_case(int(argv[1]), json.loads(argv[2]), json.loads(argv[3]))))
 
@@ -183,7 +217,7 @@ def main() -> None:
         _child(sys.argv[2:])
         return
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["step", "memory"])
+    p.add_argument("mode", choices=["step", "memory", "encoder"])
     p.add_argument("--cases", nargs="*", default=list(CASES))
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--drop_loss", type=float, nargs="*", default=[0.9, 0.0],
@@ -191,6 +225,8 @@ def main() -> None:
     p.add_argument("--devices", type=int, nargs="*", default=[8, 32])
     p.add_argument("--mesh", default='{"data": -1, "fsdp": 1, "model": 1}',
                    help="mesh sizes for the memory mode (JSON)")
+    p.add_argument("--frames", type=int, default=30, help="frames for the encoder mode")
+    p.add_argument("--chunk", type=int, default=10, help="time steps per chunk, encoder mode")
     p.add_argument("--set", default="{}", help='config overrides for the memory mode (JSON), '
                    'e.g. \'{"remat": true, "compute_dtype": "bfloat16"}\'')
     args = p.parse_args()
@@ -198,6 +234,8 @@ def main() -> None:
         for case in args.cases:
             for rate in args.drop_loss:
                 print(json.dumps(_spawn(["step", case, str(rate), str(args.steps)])), flush=True)
+    elif args.mode == "encoder":
+        print(json.dumps(_spawn(["encoder", str(args.frames), str(args.chunk)])), flush=True)
     else:
         for n in args.devices:
             env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",

@@ -241,8 +241,9 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                                     "clip at once; N > 0 runs it on N time steps at a time, "
                                     "recomputed in the backward pass: the same loss and "
                                     "gradients, the encoder's activation memory divided by "
-                                    "about T / N, its forward pass run twice (much slower on "
-                                    "the CPU; the published "
+                                    "about T / N, its forward pass run twice (on the CPU its "
+                                    "weight gradients run ~50x slower inside the chunk loop: "
+                                    "for accelerators; the published "
                                     "DMLab config at batch 32 on 8 devices: 17.6 -> 9.3 GiB per "
                                     "device with N = 75; launch/README.md) "
                                     "(teco/models/layers.py over_time_in_chunks).",

@@ -218,6 +218,18 @@ def _now() -> float:
 # ----------------------------------------------------------------------------- the loop
 
 
+def warn_if_slow_here(config, backend: str) -> bool:
+    """Logs (and returns True) when the config asks for what only pays off on accelerators."""
+    chunk = int(config.get("encoder_frames_per_chunk", 0) or 0)
+    if chunk and backend == "cpu":
+        logging.warning("encoder_frames_per_chunk=%d on the CPU: XLA:CPU computes the encoder's "
+                        "weight gradients inside the chunk loop ~50x slower (python "
+                        "benchmarks/teco_train.py encoder); the key is for accelerators short "
+                        "of memory, and 0 trains the same model", chunk)
+        return True
+    return False
+
+
 def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = False) -> dict:
     """Trains `config.model` into `workdir` (resuming if it holds checkpoints).
 
@@ -237,6 +249,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
         validate = None
     if validate is not None:
         validate(config, jax.device_count())
+    warn_if_slow_here(config, jax.default_backend())
     workdir = Path(workdir)
     checkpoint.check_config(workdir, config, allow_change=allow_config_change)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -189,3 +189,15 @@ def test_quiet_library_logs_drops_read_only_notices_and_keeps_warnings():
     finally:
         for f in absl_logger.filters[len(before):]:
             absl_logger.removeFilter(f)
+
+
+def test_chunked_encoder_on_the_cpu_is_warned_about(monkeypatch):
+    said = []
+    monkeypatch.setattr(train.logging, "warning", lambda msg, *a: said.append(msg % a))
+    chunked = ml_collections.ConfigDict({"encoder_frames_per_chunk": 75})
+    assert train.warn_if_slow_here(chunked, "cpu")
+    assert len(said) == 1 and "encoder_frames_per_chunk=75" in said[0] and "~50x" in said[0]
+    assert not train.warn_if_slow_here(chunked, "tpu")
+    assert not train.warn_if_slow_here(ml_collections.ConfigDict({"encoder_frames_per_chunk": 0}), "cpu")
+    assert not train.warn_if_slow_here(ml_collections.ConfigDict({"lr": 1e-3}), "cpu")  # VQ-GAN
+    assert len(said) == 1
