@@ -31,7 +31,9 @@ frames that revisit nothing (metrics.json["revisits"]["memory_check"], memory.pn
 World identity: with clips from two or more episodes, metrics.json["world_identity"] and
 identity.png tell per window of 16 predicted frames how often the generated frames' colours
 name their own episode among all clips' contexts, against the real frames and chance
-(teco/metrics/identity.py): does the rollout stay in its maze to the end?
+(teco/metrics/identity.py): does the rollout stay in its maze to the end? Each window's
+"motion" (mean change of a pixel between consecutive frames) tells a kept maze from a rollout
+frozen on one of its walls.
 """
 from __future__ import annotations
 

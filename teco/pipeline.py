@@ -308,6 +308,10 @@ def headline(result: dict) -> str:
             + (f", generated from the last context frames {pct(last['short_context'])}"
                if "short_context" in last else "")
             + f"; chance {world['chance']:.0%}): {verdict}")
+        if "motion" in last["generated"]:  # a rollout frozen on one wall keeps its colours too
+            lines.append(f"motion in those frames: the generated ones change by "
+                         f"{last['generated']['motion']:.1f} per pixel from frame to frame, the "
+                         f"real ones by {last['real']['motion']:.1f}")
     rev = result.get("revisits")
     if rev:
         lines.append(f"place memory: {rev['revisit_frames']} of {rev['predicted_frames']} "

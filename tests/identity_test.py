@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from teco.metrics.identity import (BINS, WorldIdentity, colour_histograms, hellinger, kept,
-                                   own_episode_nearest)
+from teco.metrics.identity import (BINS, WorldIdentity, colour_histograms, frame_motion,
+                                   hellinger, kept, own_episode_nearest)
 
 # Each episode's world: two wall colours on a shared grey floor (as mazes share floor and sky).
 PALETTES = [((200, 40, 40), (40, 40, 200)), ((40, 200, 40), (220, 220, 40)),
@@ -89,6 +89,30 @@ def test_world_identity_per_window_against_the_real_frames_and_chance():
             assert lo <= w["accuracy"] <= hi
     # Only the first n videos count (the last batch may run past --num_videos).
     assert world.summary(4)["episodes"] == 2
+
+
+def test_frame_motion_is_the_mean_change_between_consecutive_frames():
+    x = np.zeros((2, 3, 2, 2, 3), np.uint8)
+    x[0, 1] = 255                      # 0 -> 255 -> 0: every pixel changes by 255, twice
+    x[1, 2, 0] = 100                   # half the pixels change by 100, once of two steps
+    np.testing.assert_allclose(frame_motion(x), [255.0, 25.0])
+    assert frame_motion(x[:, :1]).tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="frame_motion wants"):
+        frame_motion(x[0])
+
+
+def test_a_rollout_frozen_on_its_own_colours_shows_no_motion():
+    """Colours alone call a frozen rollout kept; its motion beside the real frames' does not."""
+    rng = np.random.default_rng(3)
+    real, _, _, episodes = rollouts(rng)
+    frozen = real.copy()
+    frozen[:, 6:] = real[:, 6:7]       # the first predicted frame held to the end
+    world = WorldIdentity(n_context=6, window=16)
+    world.add(real, frozen, episodes)
+    s = world.summary(8)
+    assert [w["accuracy"] for w in s["generated"]] == [1.0, 1.0]
+    assert [w["motion"] for w in s["generated"]] == [0.0, 0.0]
+    assert all(w["motion"] > 20 for w in s["real"])   # random wall pixels change every frame
 
 
 def test_world_identity_needs_two_episodes_and_no_short_rollouts():

@@ -121,6 +121,11 @@ def test_headline_states_the_world_identity_of_the_last_window(interval, verdict
     world["short_context"] = [window(0.125, 0.0, 0.375)] * 4
     assert ", generated from the last context frames 12% [0%, 38%];" in (
         pipeline.headline(result).splitlines()[-1])
+    for kind, motion in (("real", 12.6), ("generated", 4.25)):
+        world[kind] = [dict(w, motion=motion) for w in world[kind]]
+    assert pipeline.headline(result).splitlines()[-1] == (
+        "motion in those frames: the generated ones change by 4.2 per pixel from frame to "
+        "frame, the real ones by 12.6")
 
 
 def test_headline_states_the_memory_check():

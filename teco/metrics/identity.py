@@ -8,7 +8,10 @@ the same window show how well colours tell the episodes apart (the ceiling); one
 of episodes is chance. It needs no poses and is blind to where things are: a rollout can keep
 its world's colours and still not remember a place (teco/metrics/revisit.py asks that). Late
 windows, whose frames the model's temporal window no longer shares with the context, test
-whether the model carries the world through its own frames. Pure numpy.
+whether the model carries the world through its own frames. Each window also reports its
+*motion*, the mean absolute change between consecutive frames (0-255): colours alone cannot tell
+a kept maze from a rollout frozen on one of its walls, and the motion beside the real frames'
+can. Pure numpy.
 """
 from __future__ import annotations
 
@@ -30,6 +33,18 @@ def colour_histograms(frames_NTHWC: np.ndarray, bins: int = BINS) -> np.ndarray:
     counts = np.bincount((colour + k * np.arange(len(x))[:, None]).ravel(),
                          minlength=k * len(x)).reshape(len(x), k)
     return counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+
+def frame_motion(frames_NTHWC: np.ndarray) -> np.ndarray:
+    """float64 [N]: the mean absolute change of a pixel value (0-255) between consecutive frames
+    of each clip; 0 for a clip of one frame."""
+    x = np.asarray(frames_NTHWC)
+    if x.ndim != 5:
+        raise ValueError(f"frame_motion wants [N, T, H, W, C], got {x.shape}")
+    if x.shape[1] < 2:
+        return np.zeros(len(x))
+    diff = np.abs(np.diff(x.astype(np.int16), axis=1))
+    return diff.reshape(len(x), -1).mean(1, dtype=np.float64)
 
 
 def hellinger(p_NK: np.ndarray, q_MK: np.ndarray) -> np.ndarray:
@@ -59,11 +74,16 @@ class WorldIdentity:
         self.n_context, self.window = n_context, window
         self.context, self.episodes = [], []
         self.windows: dict[str, list] = {"real": [], "generated": [], "short_context": []}
+        self.motion: dict[str, list] = {k: [] for k in self.windows}
 
-    def _per_window(self, predicted_BPHWC: np.ndarray) -> np.ndarray:
+    def _per_window(self, predicted_BPHWC: np.ndarray, fn=colour_histograms) -> np.ndarray:
         p = predicted_BPHWC.shape[1]
-        return np.stack([colour_histograms(predicted_BPHWC[:, s:s + self.window])
-                         for s in range(0, p, self.window)], axis=1)       # [B, W, K]
+        return np.stack([fn(predicted_BPHWC[:, s:s + self.window])
+                         for s in range(0, p, self.window)], axis=1)       # [B, W, ...]
+
+    def _add(self, kind: str, predicted_BPHWC: np.ndarray) -> None:
+        self.windows[kind].append(self._per_window(predicted_BPHWC))
+        self.motion[kind].append(self._per_window(predicted_BPHWC, frame_motion))
 
     def add(self, real_BTHWC, fake_BTHWC, episodes_B, short_fake_BPHWC=None) -> None:
         """real / fake: uint8 [B, context + predicted, H, W, 3]; short_fake: the predicted frames
@@ -71,10 +91,10 @@ class WorldIdentity:
         c = self.n_context
         self.context.append(colour_histograms(real_BTHWC[:, :c]))
         self.episodes.append(np.asarray(episodes_B))
-        self.windows["real"].append(self._per_window(real_BTHWC[:, c:]))
-        self.windows["generated"].append(self._per_window(fake_BTHWC[:, c:]))
+        self._add("real", real_BTHWC[:, c:])
+        self._add("generated", fake_BTHWC[:, c:])
         if short_fake_BPHWC is not None:
-            self.windows["short_context"].append(self._per_window(short_fake_BPHWC))
+            self._add("short_context", short_fake_BPHWC)
 
     def summary(self, n: int) -> dict | None:
         """None with fewer than two episodes (nothing to tell apart)."""
@@ -92,7 +112,9 @@ class WorldIdentity:
                              f"histogram ({BINS}^3 RGB bins, Hellinger distance) was cut from "
                              "its episode; 'real': the real frames of the window (how well "
                              "colours tell these episodes apart), 'chance': 1 / episodes; "
-                             "intervals resample the episodes",
+                             "intervals resample the episodes; 'motion': the mean absolute "
+                             "change of a pixel (0-255) between consecutive frames of the "
+                             "window, near 0 for a rollout frozen on one view",
                "window": self.window, "videos": int(len(context)), "episodes": n_episodes,
                "chance": 1.0 / n_episodes}
         every_video = np.ones((len(context), 1), bool)
@@ -100,13 +122,15 @@ class WorldIdentity:
             if not parts:
                 continue
             hist = np.concatenate(parts)[:n]                                # [N, W, K]
+            motion = np.concatenate(self.motion[kind])[:n]                  # [N, W]
             out["start"] = [self.n_context + w * self.window for w in range(hist.shape[1])]
             out[kind] = []
             for w in range(hist.shape[1]):
                 hits = own_episode_nearest(hist[:, w], context, episodes)   # [N]
                 stats = mean_interval(hits[:, None].astype(np.float64), every_video,
                                       groups_N=episodes)
-                out[kind].append({"accuracy": stats["mean"], "interval": stats["interval"]})
+                out[kind].append({"accuracy": stats["mean"], "interval": stats["interval"],
+                                  "motion": float(motion[:, w].mean())})
         return out
 
 
