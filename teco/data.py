@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from teco import sharding as sh
-from teco.video_io import DataError, check_episode, find_videos, load_video
+from teco.video_io import NPZ_LOCK, DataError, check_episode, find_videos, load_video
 
 CODES_META = "codes_meta.json"
 
@@ -111,7 +111,8 @@ class CodesSource:
     def __getitem__(self, i: int) -> dict[str, Any]:
         name = f"{self.root} [{self.split} #{i}]"
         try:
-            with np.load(io.BytesIO(self.source[i]), allow_pickle=False) as f:
+            record = self.source[i]
+            with NPZ_LOCK, np.load(io.BytesIO(record), allow_pickle=False) as f:
                 ep = {k: f[k] for k in f.files}
         except Exception as e:
             raise DataError(f"{name}: cannot read record ({type(e).__name__}: {e})") from None

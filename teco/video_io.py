@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import warnings
 import zipfile
 import zlib
@@ -17,6 +18,12 @@ from pathlib import Path
 import numpy as np
 
 VIDEO_SUFFIXES = (".npz", ".mp4")
+
+# numpy parses every array's header with ast.literal_eval, and CPython 3.11 (3.11.7 here) can
+# fail that with "SystemError: AST constructor recursion depth mismatch" when several threads
+# parse at once; grain reads records on several threads (it stopped a TECO run at step 9,207
+# on 2026-12-03). Every np.load of data holds this lock.
+NPZ_LOCK = threading.Lock()
 
 
 class DataError(ValueError):
@@ -51,7 +58,7 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a valid .npz (zip) file: corrupt or truncated")
     key = None
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with NPZ_LOCK, np.load(path, allow_pickle=False) as f:
             out = {}
             for key in f.files:
                 out[key] = f[key]

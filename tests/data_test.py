@@ -209,6 +209,27 @@ def test_codes_round_trip(tmp_path, mesh):
     np.testing.assert_array_equal(np.asarray(batch["codes"])[0], eps[0][:5])
 
 
+def test_npz_headers_are_parsed_under_one_lock(tmp_path, monkeypatch, dmlab_root):
+    """numpy's header parsing (ast.literal_eval) can fail in CPython 3.11 when threads run it at
+    once, and grain reads on several threads: every np.load of data holds video_io.NPZ_LOCK."""
+    from teco import video_io
+
+    w = data.CodesWriter(str(tmp_path), "train", {"latent_shape": [2, 2], "n_codes": 8})
+    w.add(np.zeros((3, 2, 2), np.int64), np.zeros(3, np.int64))
+    w.close()
+    held, real_load = [], np.load
+
+    def load(*args, **kwargs):
+        held.append(video_io.NPZ_LOCK.locked())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", load)
+    assert data.CodesSource(str(tmp_path), "train")[0]["codes"].shape == (3, 2, 2)
+    video = video_io.find_videos(dmlab_root, "train")[0]
+    assert video_io.load_video(video)["video"].ndim == 4
+    assert held == [True, True] and not video_io.NPZ_LOCK.locked()
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="unknown config key 'batch_sz'"):
         load_config("configs/dmlab.py", {"batch_sz": 8})
