@@ -63,6 +63,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.save_interval = 10_000
     c.save_interval_secs = 1800.0   # also checkpoint at least this often (preemptible machines)
     c.keep_checkpoints = 3
+    c.checkpoint_timeout_secs = 1200  # multi-host: a host this late to finish its part stops the run
     c.on_nonfinite = "stop"         # or 'skip' (drop the update and count it)
     return c
 

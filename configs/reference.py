@@ -304,6 +304,10 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                               "save, for preemptible machines; 0 disables (teco/train.py).",
         "keep_checkpoints": "Latest checkpoints kept, besides the best by eval metric "
                             "(teco/checkpoint.py).",
+        "checkpoint_timeout_secs": "Multi-process runs: how long the processes wait for each "
+                                   "other to finish writing a checkpoint; a process whose write "
+                                   "fails stops them all at once instead "
+                                   "(teco/checkpoint_barrier.py).",
         "on_nonfinite": "'stop': a NaN or inf loss stops the run naming the step; 'skip': that "
                         "update is dropped and counted (teco/train.py).",
     }),

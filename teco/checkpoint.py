@@ -26,6 +26,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
+from teco import checkpoint_barrier
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -56,7 +58,7 @@ def replace_text(path: str | Path, text: str) -> None:
 RESUMABLE_KEYS = frozenset({
     "total_steps", "log_interval", "log_eval_interval", "viz_interval", "save_interval",
     "save_interval_secs", "keep_checkpoints", "progress_interval_secs", "eval_batches",
-    "remat", "encoder_frames_per_chunk"})
+    "remat", "encoder_frames_per_chunk", "checkpoint_timeout_secs"})
 
 
 class ConfigMismatch(ValueError):
@@ -128,11 +130,14 @@ def finalized_steps(workdir: str | Path) -> list[int]:
 
 
 def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None = None,
-                 read_only: bool = False, cleanup_tmp: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False, cleanup_tmp: bool = False,
+                 timeout_secs: int = 1200) -> ocp.CheckpointManager:
     """Keeps the latest `keep` checkpoints plus the best one by `best_metric` (minimum).
 
     cleanup_tmp=True deletes the temporary directories of saves that never finished (only the
-    workdir's one writer, the trainer, may ask: another writer's save may be in flight)."""
+    workdir's one writer, the trainer, may ask: another writer's save may be in flight).
+    In a multi-process run the processes wait for each other's writes at most `timeout_secs`,
+    and a failed write on one stops the others' waits at once (teco/checkpoint_barrier.py)."""
     pp = ocp.checkpoint_managers
     policies = [pp.LatestN(n=max(1, int(keep)))]
     best_fn = None
@@ -143,7 +148,10 @@ def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None 
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else pp.AnyPreservationPolicy(policies),
         best_fn=best_fn, best_mode="min", read_only=read_only, create=not read_only,
-        cleanup_tmp_directories=cleanup_tmp and not read_only)
+        cleanup_tmp_directories=cleanup_tmp and not read_only,
+        async_options=ocp.AsyncOptions(
+            timeout_secs=int(timeout_secs),
+            barrier_sync_fn=None if read_only else checkpoint_barrier.for_this_run()))
     return ocp.CheckpointManager(
         Path(workdir).absolute() / CHECKPOINT_DIR, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -163,7 +171,7 @@ class WriteError(RuntimeError):
     the step, the directory and the latest complete checkpoint."""
 
 
-def _reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
     """One short line for an orbax / tensorstore / OS failure (tensorstore reports errno in text)."""
     if isinstance(error, OSError) and error.errno:
         return f"{os.strerror(error.errno)} (errno {error.errno})"
@@ -232,7 +240,7 @@ class Saver:
         else:
             what = "no earlier checkpoint exists: a rerun starts from step 0"
         return WriteError(f"could not write the checkpoint of step {step} to {directory}: "
-                          f"{_reason(error)}; {what}")
+                          f"{failure_reason(error)}; {what}")
 
 
 def quiet_abandoned_writes() -> None:

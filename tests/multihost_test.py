@@ -9,6 +9,7 @@ does not compile the train step again.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,8 +98,18 @@ def launch(commands: list[tuple[list[str], dict[str, str]]], logs: list[Path],
     return texts
 
 
+# Process 1's files are limited to 40 kB (RLIMIT_FSIZE, SIGXFSZ ignored): a write past it fails
+# with EFBIG as a full disk fails with ENOSPC. Its log and the FSDP run's smaller shard files fit;
+# its larger shard files of the state do not.
+FULL_DISK = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+             "resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, resource.RLIM_INFINITY)); "
+             "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+
 def run_two_processes(tmp: Path, name: str, workdir: Path, data_dir: Path, *,
-                      stop_after: int | None = None) -> list[str]:
+                      stop_after: int | None = None, extra_flags: tuple[str, ...] = (),
+                      full_disk_on: int | None = None, expected_rc: int | None = None
+                      ) -> list[str]:
     port = free_port()
     commands = []
     for i in range(2):
@@ -110,9 +121,12 @@ def run_two_processes(tmp: Path, name: str, workdir: Path, data_dir: Path, *,
         else:  # the same entry point and flags; the worker only adds the stop
             env["TECO_TEST_STOP_AFTER"] = str(stop_after)
             cmd = [sys.executable, str(WORKER)]
-        commands.append((cmd + train_flags(workdir, data_dir), env))
-    return launch(commands, [tmp / f"{name}.p{i}.log" for i in range(2)],
-                  EXIT_PREEMPTED if stop_after is not None else 0)
+        if i == full_disk_on:
+            cmd = [sys.executable, "-c", FULL_DISK] + cmd[1:]
+        commands.append((cmd + train_flags(workdir, data_dir) + list(extra_flags), env))
+    if expected_rc is None:
+        expected_rc = EXIT_PREEMPTED if stop_after is not None else 0
+    return launch(commands, [tmp / f"{name}.p{i}.log" for i in range(2)], expected_rc)
 
 
 METRIC_LINE = re.compile(r"\] \[(\d+)\] (.*)$")
@@ -173,7 +187,8 @@ def runs(tmp_path_factory):
     steps_after_stop = checkpoint_steps(workdir)
     resumed = run_two_processes(tmp, "resumed", workdir, data_dir)
     return {"stopped": stopped, "steps_after_stop": steps_after_stop, "resumed": resumed,
-            "single": single_process_metrics(data_dir), "workdir": workdir}
+            "single": single_process_metrics(data_dir), "workdir": workdir,
+            "data_dir": data_dir}
 
 
 def test_two_processes_stop_resume_and_match_one_process(runs):
@@ -214,6 +229,38 @@ def test_two_processes_stop_resume_and_match_one_process(runs):
             np.testing.assert_allclose(train_two[key], want, rtol=1e-4, atol=1e-6,
                                        err_msg=f"step {step} {key}")
     assert one[TOTAL_STEPS]["train/loss"] < one[1]["train/loss"]  # it did train
+
+
+def test_full_disk_on_one_process_stops_all(runs, tmp_path):
+    """One host's disk fills while the processes write a checkpoint together: both stop at once
+    (not after orbax's 20-minute barrier timeout: the launch's guard is 4 minutes) with exit 3,
+    the full one naming its error, the other naming the process that failed and why; the earlier
+    checkpoint is intact and the same command resumes from it."""
+    from teco import checkpoint
+    from teco.train import EXIT_CHECKPOINT_FAILED
+
+    workdir = tmp_path / "run"
+    shutil.copytree(runs["workdir"], workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(TOTAL_STEPS))
+    # Parameters sharded over both processes (FSDP), so that process 1 writes shards of its own.
+    fsdp = ("--config.mesh.data=1", "--config.mesh.fsdp=-1", "--allow_config_change")
+    data_dir = runs["data_dir"]
+    logs = run_two_processes(tmp_path, "full", workdir, data_dir, extra_flags=fsdp,
+                             full_disk_on=1, expected_rc=EXIT_CHECKPOINT_FAILED)
+    errors = [[line for line in log.splitlines() if "could not write the checkpoint" in line]
+              for log in logs]
+    assert all(len(e) == 1 for e in errors), logs
+    where = f"could not write the checkpoint of step {TOTAL_STEPS} to {workdir}/checkpoints: "
+    intact = "the checkpoint of step 2 is intact: free space (or fix the error) and rerun"
+    assert where + "File too large (errno 27); " + intact in errors[1][0]
+    assert (where + "process 1 could not write its part: File too large (errno 27); " + intact
+            in errors[0][0])
+    assert all("Traceback" not in log for log in logs)
+    assert checkpoint.finalized_steps(workdir) == [2]
+    # The same command, the disk freed: resumes at step 2 on both processes and finishes.
+    for log in run_two_processes(tmp_path, "freed", workdir, data_dir, extra_flags=fsdp):
+        assert re.search(r"resumed\b.*\bat step 2\b", log)
+    assert checkpoint.finalized_steps(workdir) == [2, TOTAL_STEPS]
 
 
 def test_data_position_carries_over_to_another_process_layout(tmp_path):
