@@ -1,6 +1,8 @@
 """Multi-host readiness: `python -m teco.train` as 2 processes (jax.distributed on localhost, 4
 CPU devices each, one 8-device mesh whose data axis spans both) trains, is stopped, resumes,
 and matches the trainer's step run in one 8-device process (this one) step by step.
+With one process's files limited (a full disk on one host), both stop at once with exit 3
+and the earlier checkpoint intact.
 
 The processes are real subprocesses; each is killed (with its process group) if anything goes
 wrong. They share a persistent compilation cache in the test's tmp dir, so the resumed run
