@@ -51,12 +51,13 @@ class AbortableBarrier:
         self.client.key_value_set(f"{FAILED_DIR}{self.index}", failure_reason(error),
                                   allow_overwrite=True)
 
-    def failures(self) -> dict[int, str]:
+    def _by_process(self, directory: str) -> dict[int, str]:
+        """{process: value} of the keys `<directory><process>`."""
         return {int(key.rsplit("/", 1)[-1]): value
-                for key, value in self.client.key_value_dir_get(FAILED_DIR)}
+                for key, value in self.client.key_value_dir_get(directory)}
 
-    def _arrived(self, prefix: str) -> set[int]:
-        return {int(key.rsplit("/", 1)[-1]) for key, _ in self.client.key_value_dir_get(prefix)}
+    def failures(self) -> dict[int, str]:
+        return self._by_process(FAILED_DIR)
 
     def __call__(self, *, key: str, timeout_ms: int) -> None:
         in_flight = sys.exc_info()[1]
@@ -74,7 +75,7 @@ class AbortableBarrier:
         deadline = time.monotonic() + timeout_ms / 1000
         poll = self.first_poll_secs
         while True:
-            arrived = self._arrived(prefix)
+            arrived = set(self._by_process(prefix))
             if len(arrived) >= self.count:
                 if n:  # everyone has left the previous use of this key: its marker can go
                     self.client.key_value_delete(f"{ARRIVED_DIR}{key}#{n - 1}/{self.index}")

@@ -264,7 +264,7 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
     # checkpoint; (3) the loop continues at state.step. Nothing is initialised when resuming.
     manager = checkpoint.make_manager(
         workdir, keep=config.keep_checkpoints, best_metric=task.best_metric, cleanup_tmp=True,
-        timeout_secs=config.get("checkpoint_timeout_secs", 1200))
+        timeout_secs=int(config.checkpoint_timeout_secs))
     train_iter = data.make_iterator(config, mesh, split=config.data.train_split, train=True)
     rng = jax.random.PRNGKey(int(config.seed))
     abstract = jax.eval_shape(task.init_state, rng)
