@@ -15,6 +15,11 @@ flight, write a checkpoint and exit 0; a second one acts at once. Exit codes of 
     3  a checkpoint could not be written (disk full, I/O); the earlier ones are intact
     4  non-finite loss with config.on_nonfinite='stop' (the message names the step, the loss
        terms and the last good checkpoint)
+    5  multi-process runs: a computation shared with the other processes failed, most often
+       because another host died (the message names the checkpoint to resume from). When the
+       dead host is noticed by its missing heartbeats instead (--heartbeat_timeout_secs), JAX
+       aborts the process (SIGABRT) with "Terminating process because the JAX distributed
+       service detected fatal errors"; the checkpoints are intact either way.
 """
 from __future__ import annotations
 
@@ -34,19 +39,21 @@ from teco import checkpoint, sharding
 from teco.stopping import Interrupted, StopRequests, agree  # noqa: F401 (Interrupted: API)
 from teco.tasks import get_task
 
-EXIT_USER_ERROR, EXIT_CHECKPOINT_FAILED, EXIT_NONFINITE = 2, 3, 4
+EXIT_USER_ERROR, EXIT_CHECKPOINT_FAILED, EXIT_NONFINITE, EXIT_PEER_FAILED = 2, 3, 4, 5
 
 # Environment variables that mean "one process of a multi-process job".
 _MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
                   "TPU_WORKER_HOSTNAMES", "MEGASCALE_NUM_SLICES")
 
 
-def maybe_initialize_distributed(mode: str = "auto") -> bool:
+def maybe_initialize_distributed(mode: str = "auto", heartbeat_timeout_secs: int = 100) -> bool:
     """Calls `jax.distributed.initialize()` for multi-process runs; never for a plain single run.
 
     mode 'on' / 'off' force it; 'auto' looks for a cluster launcher's variables (SLURM with more
     than one task, Open MPI, a coordinator address, a multi-host TPU slice). Returns whether it ran.
     JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set everything by hand.
+    A process that sends no heartbeat for `heartbeat_timeout_secs` counts as dead: JAX then
+    stops every other process (a host killed mid-collective would otherwise hold them forever).
     """
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"--multihost must be auto, on or off, got {mode!r}")
@@ -65,7 +72,7 @@ def maybe_initialize_distributed(mode: str = "auto") -> bool:
     if mode == "on" or any(more_than_one(k) for k in _MULTIHOST_ENV):
         # Without a cluster launcher JAX cannot detect the rank and process count (several
         # processes on one machine): JAX_NUM_PROCESSES / JAX_PROCESS_ID give them.
-        kwargs = {}
+        kwargs = {"heartbeat_timeout_seconds": int(heartbeat_timeout_secs)}
         for arg, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
             if env.get(key, "").strip():
                 if not env[key].strip().isdigit():
@@ -404,6 +411,9 @@ def _define_flags():
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and config.json.")
     flags.DEFINE_enum("multihost", "auto", ["auto", "on", "off"],
                       "jax.distributed.initialize(): auto-detected from the launcher's environment.")
+    flags.DEFINE_integer("heartbeat_timeout_secs", 100, "Multi-process runs: a process silent this "
+                         "long counts as dead and the others stop (JAX's default is 100).",
+                         lower_bound=1)
     flags.DEFINE_bool("allow_config_change", False,
                       "Resume a workdir whose checkpoints were written with a different config.")
     flags.mark_flags_as_required(["config", "workdir"])
@@ -433,6 +443,28 @@ def quiet_library_logs() -> None:
     checkpoint.quiet_abandoned_writes()
 
 
+def exit_after_shared_computation_failed(error: Exception, workdir: str) -> None:
+    """A multi-process run whose step, or any computation spanning the processes, failed: most
+    often another host died (killed, preempted without notice, crashed), which the collectives
+    see as a closed connection. Says where to resume and exits at once: a normal exit would wait
+    in jax.distributed's shutdown barrier for the dead host until its heartbeat times out, then
+    abort with a C++ stack."""
+    steps = checkpoint.finalized_steps(workdir)
+    resume = (f"the newest complete checkpoint is step {steps[-1]} in "
+              f"{Path(workdir) / checkpoint.CHECKPOINT_DIR}: rerun the same command on every host "
+              "to resume from it" if steps else
+              "no checkpoint is complete yet: rerunning the same command on every host starts over")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    logging.error("process %d of %d: a computation shared with the other processes failed (%s); "
+                  "if another host stopped (killed, preempted or crashed: see its log), %s",
+                  jax.process_index(), jax.process_count(), first_line, resume)
+    for handler in std_logging.getLogger().handlers + logging.get_absl_logger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PEER_FAILED)
+
+
 def main(argv):
     del argv
     flags_ = flags.FLAGS
@@ -441,7 +473,7 @@ def main(argv):
     codes = ((ValueError, EXIT_USER_ERROR), (checkpoint.WriteError, EXIT_CHECKPOINT_FAILED),
              (FloatingPointError, EXIT_NONFINITE))
     try:
-        maybe_initialize_distributed(flags_.multihost)
+        maybe_initialize_distributed(flags_.multihost, flags_.heartbeat_timeout_secs)
         if not flags_.allow_config_change:  # a refused workdir fails before the slow imports
             checkpoint.check_config(flags_.workdir, flags_.config)
         # clu's writers import TensorFlow: keep it off any accelerator JAX uses.
@@ -454,6 +486,10 @@ def main(argv):
     except tuple(kind for kind, _ in codes) as e:
         logging.error("%s", e)
         sys.exit(next(code for kind, code in codes if isinstance(e, kind)))
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        exit_after_shared_computation_failed(e, flags_.workdir)
     except KeyboardInterrupt:  # a second Ctrl-C
         logging.error("interrupted: the step in flight was not saved; rerunning the same command "
                       "resumes from the latest checkpoint")

@@ -2,12 +2,14 @@
 CPU devices each, one 8-device mesh whose data axis spans both) trains, is stopped, resumes,
 and matches the trainer's step run in one 8-device process (this one) step by step.
 With one process's files limited (a full disk on one host), both stop at once with exit 3
-and the earlier checkpoint intact.
+and the earlier checkpoint intact. With one process killed (a host lost without notice), the
+other stops within the heartbeat timeout, the complete checkpoints intact.
 
 The processes are real subprocesses; each is killed (with its process group) if anything goes
 wrong. They share a persistent compilation cache in the test's tmp dir, so the resumed run
 does not compile the train step again.
 """
+import fcntl
 import json
 import os
 import re
@@ -108,10 +110,9 @@ FULL_DISK = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, si
              "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
 
 
-def run_two_processes(tmp: Path, name: str, workdir: Path, data_dir: Path, *,
-                      stop_after: int | None = None, extra_flags: tuple[str, ...] = (),
-                      full_disk_on: int | None = None, expected_rc: int | None = None
-                      ) -> list[str]:
+def two_process_commands(tmp: Path, workdir: Path, data_dir: Path, *,
+                         stop_after: int | None = None, extra_flags: tuple[str, ...] = (),
+                         full_disk_on: int | None = None) -> list[tuple[list[str], dict[str, str]]]:
     port = free_port()
     commands = []
     for i in range(2):
@@ -126,6 +127,15 @@ def run_two_processes(tmp: Path, name: str, workdir: Path, data_dir: Path, *,
         if i == full_disk_on:
             cmd = [sys.executable, "-c", FULL_DISK] + cmd[1:]
         commands.append((cmd + train_flags(workdir, data_dir) + list(extra_flags), env))
+    return commands
+
+
+def run_two_processes(tmp: Path, name: str, workdir: Path, data_dir: Path, *,
+                      stop_after: int | None = None, extra_flags: tuple[str, ...] = (),
+                      full_disk_on: int | None = None, expected_rc: int | None = None
+                      ) -> list[str]:
+    commands = two_process_commands(tmp, workdir, data_dir, stop_after=stop_after,
+                                    extra_flags=extra_flags, full_disk_on=full_disk_on)
     if expected_rc is None:
         expected_rc = EXIT_PREEMPTED if stop_after is not None else 0
     return launch(commands, [tmp / f"{name}.p{i}.log" for i in range(2)], expected_rc)
@@ -182,15 +192,25 @@ def single_process_metrics(data_dir: Path) -> dict[int, dict[str, float]]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("multihost")
+    """The stopped and resumed two-process runs, made once per test session: xdist workers
+    share them through a lock in the session's directory (the tests only copy the workdir)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    tmp = shared / "multihost"
     data_dir = tmp / "data"   # built by the first run's process 0 while process 1 waits
     workdir = tmp / "two_processes"
-    stopped = run_two_processes(tmp, "stopped", workdir, data_dir, stop_after=STOP_AFTER)
-    steps_after_stop = checkpoint_steps(workdir)
-    resumed = run_two_processes(tmp, "resumed", workdir, data_dir)
-    return {"stopped": stopped, "steps_after_stop": steps_after_stop, "resumed": resumed,
-            "single": single_process_metrics(data_dir), "workdir": workdir,
-            "data_dir": data_dir}
+    with open(shared / "multihost.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = tmp / "runs.json"
+        if not record.exists():
+            tmp.mkdir(exist_ok=True)
+            run_two_processes(tmp, "stopped", workdir, data_dir, stop_after=STOP_AFTER)
+            steps_after_stop = checkpoint_steps(workdir)
+            run_two_processes(tmp, "resumed", workdir, data_dir)
+            record.write_text(json.dumps({"steps_after_stop": steps_after_stop}))
+    logs = {name: [(tmp / f"{name}.p{i}.log").read_text(errors="replace") for i in range(2)]
+            for name in ("stopped", "resumed")}
+    return {**logs, **json.loads(record.read_text()), "workdir": workdir, "data_dir": data_dir}
 
 
 def test_two_processes_stop_resume_and_match_one_process(runs):
@@ -223,7 +243,7 @@ def test_two_processes_stop_resume_and_match_one_process(runs):
     # Each process fed its own rows of every global batch: one 8-device process reading the
     # same global batches agrees on every loss term at every step (processes feeding each
     # other's rows, or the same rows, change the losses at step 1 already).
-    one = runs["single"]
+    one = single_process_metrics(runs["data_dir"])
     for step in one:
         train_two = {k: v for k, v in two[0][step].items() if k.startswith("train/")}
         assert set(train_two) == set(one[step]), step
@@ -265,6 +285,87 @@ def test_full_disk_on_one_process_stops_all(runs, tmp_path):
     assert checkpoint.finalized_steps(workdir) == [2, TOTAL_STEPS]
 
 
+KILL_AT_STEP = 5   # process 1 is killed once it has logged this step (checkpoints every 2)
+HEARTBEAT_SECS = 10
+
+
+def test_killed_process_stops_the_other(runs, tmp_path):
+    """A host lost without notice (SIGKILL) while the processes train: the other stops soon
+    after the heartbeat timeout instead of waiting in a collective forever, either with the
+    trainer's message (exit 5, when a collective sees the closed connection first) or with JAX's
+    heartbeat abort (SIGABRT); the complete checkpoints are intact."""
+    from teco import checkpoint
+    from teco.train import EXIT_PEER_FAILED
+
+    workdir = tmp_path / "run"
+    shutil.copytree(runs["workdir"], workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(TOTAL_STEPS))
+    long_run = ("--config.total_steps=1000", f"--heartbeat_timeout_secs={HEARTBEAT_SECS}")
+    logs = [tmp_path / f"killed.p{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for (cmd, env), log in zip(two_process_commands(tmp_path, workdir, runs["data_dir"],
+                                                        extra_flags=long_run), logs):
+            with open(log, "w") as f:
+                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f,
+                                              stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + TIMEOUT_SECS
+        while f"step {KILL_AT_STEP}/1000" not in logs[1].read_text(errors="replace"):
+            assert all(p.poll() is None for p in procs), "a process ended before the kill"
+            assert time.monotonic() < deadline, "no progress before the kill"
+            time.sleep(0.05)
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        procs[1].wait()
+        try:
+            procs[0].wait(timeout=HEARTBEAT_SECS + 60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("process 0 still runs a minute past the heartbeat timeout after process "
+                        "1 was killed\n" + logs[0].read_text(errors="replace")[-3000:])
+        stopped_after = time.monotonic() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    log = logs[0].read_text(errors="replace")
+    if procs[0].returncode == EXIT_PEER_FAILED:
+        assert "a computation shared with the other processes failed" in log
+        assert "rerun the same command on every host to resume from it" in log
+    else:
+        assert procs[0].returncode == -signal.SIGABRT, (procs[0].returncode, log[-3000:])
+        assert "stopped sending heartbeats" in log or "heartbeat timeout" in log, log[-3000:]
+    assert stopped_after < HEARTBEAT_SECS + 60
+    # Only complete checkpoints count (a half-written one is never restored: reliability_test);
+    # the fixture shows the same command resuming from one.
+    steps = checkpoint.finalized_steps(workdir)
+    assert steps[0] == 2 and steps[-1] <= KILL_AT_STEP + 1, steps
+
+
+def test_shared_computation_failure_names_the_checkpoint_and_exits_at_once(tmp_path):
+    """The trainer's exit for a failed collective in a multi-process run: one line naming the
+    newest complete checkpoint (a half-written one does not count) and exit 5, at once."""
+    from teco.train import EXIT_PEER_FAILED
+
+    for name in ("2", "4", "6.orbax-checkpoint-tmp-1764800000"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    error = "INTERNAL: Gloo all-reduce failed: Connection closed by peer [127.0.0.1]:4242\nmore"
+    code = ("import sys; from teco import train; "
+            "train.exit_after_shared_computation_failed(RuntimeError(sys.argv[1]), sys.argv[2])")
+    done = subprocess.run([sys.executable, "-c", code, error, str(tmp_path)], cwd=REPO,
+                          env=base_env(tmp_path / "cache"), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == EXIT_PEER_FAILED, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "shared with the other" in line]
+    assert len(lines) == 1, done.stderr
+    assert ("a computation shared with the other processes failed (INTERNAL: Gloo all-reduce "
+            "failed: Connection closed by peer [127.0.0.1]:4242); if another host stopped "
+            "(killed, preempted or crashed: see its log), the newest complete checkpoint is "
+            f"step 4 in {tmp_path}/checkpoints: rerun the same command on every host to resume "
+            "from it") in lines[0]
+    assert "Traceback" not in done.stderr
+
+
 def test_data_position_carries_over_to_another_process_layout(tmp_path):
     """A data position written by 2 processes x 4 rows, resumed by 1 process x 8 rows, continues
     with the next global batch (the per-process positions do not apply)."""
@@ -301,12 +402,14 @@ def test_process_count_and_id_from_the_environment(monkeypatch):
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
     for key in train._MULTIHOST_ENV + ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         monkeypatch.delenv(key, raising=False)
-    assert train.maybe_initialize_distributed("on") and calls == [{}]  # a launcher's detection
+    assert train.maybe_initialize_distributed("on")  # the rank and count from a launcher
+    assert calls == [{"heartbeat_timeout_seconds": 100}]
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     monkeypatch.setenv("JAX_PROCESS_ID", "1")
     assert train.maybe_initialize_distributed("auto")
-    assert calls[-1] == {"num_processes": 2, "process_id": 1}
+    assert train.maybe_initialize_distributed("auto", heartbeat_timeout_secs=20)
+    assert calls[-1] == {"num_processes": 2, "process_id": 1, "heartbeat_timeout_seconds": 20}
     monkeypatch.setenv("JAX_PROCESS_ID", "one")
     with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
         train.maybe_initialize_distributed("auto")
