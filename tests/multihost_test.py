@@ -9,6 +9,7 @@ The processes are real subprocesses; each is killed (with its process group) if 
 wrong. They share a persistent compilation cache in the test's tmp dir, so the resumed run
 does not compile the train step again.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -66,16 +67,29 @@ def base_env(cache_dir: Path) -> dict[str, str]:
     return env
 
 
-def launch(commands: list[tuple[list[str], dict[str, str]]], logs: list[Path],
-           expected_rc: int) -> list[str]:
-    """Runs the commands side by side; returns their logs. Any process that exits with another
-    code than `expected_rc`, or a launch over TIMEOUT_SECS, kills all of them and fails."""
+@contextlib.contextmanager
+def started(commands: list[tuple[list[str], dict[str, str]]], logs: list[Path]):
+    """The commands' processes, side by side, each writing its log; whatever still runs on
+    leaving is killed with its process group."""
     procs = []
     try:
         for (cmd, env), log in zip(commands, logs):
             with open(log, "w") as f:
                 procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f,
                                               stderr=subprocess.STDOUT, start_new_session=True))
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def launch(commands: list[tuple[list[str], dict[str, str]]], logs: list[Path],
+           expected_rc: int) -> list[str]:
+    """Runs the commands side by side; returns their logs. Any process that exits with another
+    code than `expected_rc`, or a launch over TIMEOUT_SECS, kills all of them and fails."""
+    with started(commands, logs) as procs:
         deadline = time.monotonic() + TIMEOUT_SECS
         while any(p.poll() is None for p in procs):
             # One failed process leaves the others waiting for it: stop them at once, and
@@ -87,11 +101,6 @@ def launch(commands: list[tuple[list[str], dict[str, str]]], logs: list[Path],
             if time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
     texts = [log.read_text(errors="replace") for log in logs]
     codes = [p.returncode for p in procs]
     if codes != [expected_rc] * len(procs):
@@ -302,32 +311,20 @@ def test_killed_process_stops_the_other(runs, tmp_path):
     shutil.rmtree(workdir / "checkpoints" / str(TOTAL_STEPS))
     long_run = ("--config.total_steps=1000", f"--heartbeat_timeout_secs={HEARTBEAT_SECS}")
     logs = [tmp_path / f"killed.p{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for (cmd, env), log in zip(two_process_commands(tmp_path, workdir, runs["data_dir"],
-                                                        extra_flags=long_run), logs):
-            with open(log, "w") as f:
-                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f,
-                                              stderr=subprocess.STDOUT, start_new_session=True))
+    commands = two_process_commands(tmp_path, workdir, runs["data_dir"], extra_flags=long_run)
+    with started(commands, logs) as procs:
         deadline = time.monotonic() + TIMEOUT_SECS
         while f"step {KILL_AT_STEP}/1000" not in logs[1].read_text(errors="replace"):
             assert all(p.poll() is None for p in procs), "a process ended before the kill"
             assert time.monotonic() < deadline, "no progress before the kill"
             time.sleep(0.05)
         os.killpg(procs[1].pid, signal.SIGKILL)
-        killed_at = time.monotonic()
         procs[1].wait()
         try:
             procs[0].wait(timeout=HEARTBEAT_SECS + 60)
         except subprocess.TimeoutExpired:
             pytest.fail("process 0 still runs a minute past the heartbeat timeout after process "
                         "1 was killed\n" + logs[0].read_text(errors="replace")[-3000:])
-        stopped_after = time.monotonic() - killed_at
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
     log = logs[0].read_text(errors="replace")
     if procs[0].returncode == EXIT_PEER_FAILED:
         assert "a computation shared with the other processes failed" in log
@@ -335,7 +332,6 @@ def test_killed_process_stops_the_other(runs, tmp_path):
     else:
         assert procs[0].returncode == -signal.SIGABRT, (procs[0].returncode, log[-3000:])
         assert "stopped sending heartbeats" in log or "heartbeat timeout" in log, log[-3000:]
-    assert stopped_after < HEARTBEAT_SECS + 60
     # Only complete checkpoints count (a half-written one is never restored: reliability_test);
     # the fixture shows the same command resuming from one.
     steps = checkpoint.finalized_steps(workdir)
