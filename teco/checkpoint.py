@@ -129,6 +129,23 @@ def finalized_steps(workdir: str | Path) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+# Orbax saves a replicated array by having each replica write one slice of it, and every
+# distinct slice is an XLA program compiled at the first save (~170 for the tiny TECO on 8
+# devices, ~10 s on a CPU; as many for each parameter of a real model). That pays only for
+# slices big enough to make the writes the bottleneck; smaller arrays are written whole by
+# their first replica, as orbax does on GPUs.
+MIN_REPLICA_SLICE_BYTES = 1 << 20
+
+
+def _write_small_arrays_whole() -> None:
+    default = ocp.type_handlers.get_type_handler(jax.Array)
+    if getattr(default, "_min_slice_bytes_for_replica_parallel", None) == MIN_REPLICA_SLICE_BYTES:
+        return
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+        array_metadata_store=getattr(default, "_array_metadata_store", None),
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+
+
 def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None = None,
                  read_only: bool = False, cleanup_tmp: bool = False,
                  timeout_secs: int = 1200) -> ocp.CheckpointManager:
@@ -138,6 +155,7 @@ def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None 
     workdir's one writer, the trainer, may ask: another writer's save may be in flight).
     In a multi-process run the processes wait for each other's writes at most `timeout_secs`,
     and a failed write on one stops the others' waits at once (teco/checkpoint_barrier.py)."""
+    _write_small_arrays_whole()
     pp = ocp.checkpoint_managers
     policies = [pp.LatestN(n=max(1, int(keep)))]
     best_fn = None

@@ -109,3 +109,34 @@ def test_keeps_last_n_plus_best(tmp_path):
     manager.wait_until_finished()
     assert list(manager.all_steps()) == [1, 5, 6]   # the best (1) and the last two
     assert manager.best_step() == 1 and manager.latest_step() == 6
+
+
+def test_saving_small_replicated_arrays_compiles_nothing(tmp_path):
+    """Orbax would cut each replicated array into one slice per replica, compiling a program
+    per distinct slice at the first save; arrays under MIN_REPLICA_SLICE_BYTES are written whole,
+    and read back the same."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from teco import sharding
+
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
+    state = {f"w{i}": jax.device_put(jnp.arange(8.0 * (i + 1) * 3).reshape(-1, 3),
+                                     NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+             for i in range(3)}
+    state.update({f"b{i}": jax.device_put(jnp.full((i + 2,), float(i)), sharding.replicated(mesh))
+                  for i in range(3)})
+    compiles = []
+    listener = lambda event, secs, **kw: compiles.append(event)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        manager = checkpoint.make_manager(tmp_path)
+        checkpoint.save(manager, 1, state, {})
+        manager.wait_until_finished()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert "/jax/core/compile/backend_compile_duration" not in compiles
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                          state)
+    restored, _ = checkpoint.restore(checkpoint.make_manager(tmp_path, read_only=True), target, 1)
+    for key, value in state.items():
+        np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(value))

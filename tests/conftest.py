@@ -1,14 +1,20 @@
-"""Test set-up: 8 simulated CPU devices so sharding is really exercised.
+"""Test set-up: 8 simulated CPU devices so sharding is really exercised, compiled without
+XLA's optimisation passes (tests/xla_flags.py).
 
-XLA reads the flag when its CPU backend starts, so it must be set before anything imports jax's
+XLA reads the flags when its CPU backend starts, so it must be set before anything imports jax's
 backend; conftest.py is imported by pytest before any test module.
 """
 import os
 
+from xla_flags import FAST_COMPILE
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+    _flags += " --xla_force_host_platform_device_count=8"
+if "xla_backend_optimization_level" not in _flags:
+    _flags += " " + FAST_COMPILE
+os.environ["XLA_FLAGS"] = _flags.strip()
 # TensorFlow (pulled in by clu's writers) must never take an accelerator, and must stay quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

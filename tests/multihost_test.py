@@ -6,8 +6,8 @@ and the earlier checkpoint intact. With one process killed (a host lost without 
 other stops within the heartbeat timeout, the complete checkpoints intact.
 
 The processes are real subprocesses; each is killed (with its process group) if anything goes
-wrong. They share a persistent compilation cache in the test's tmp dir, so the resumed run
-does not compile the train step again.
+wrong. Every launch shares one persistent compilation cache with the others, so only the
+first compiles the train step.
 """
 import contextlib
 import fcntl
@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from multihost_worker import EXIT_PREEMPTED
+from xla_flags import xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "multihost_worker.py"
@@ -35,8 +36,11 @@ TOTAL_STEPS = 4
 STOP_AFTER = 2      # the first 2-process run stops after 2 batches, i.e. after its checkpoint at 2
 
 # The tiny VQ-GAN, narrower still; one training phase (no discriminator) and no LPIPS in the
-# loss keep each process's compilation short. Eval (with LPIPS) runs at the last step.
+# loss keep each process's compilation short. Eval (with LPIPS) runs at the last step. A
+# constant learning rate keeps the train step's program the same whatever total_steps a test
+# runs to, so every launch after the first reads it from the shared compilation cache.
 OVERRIDES = {"total_steps": TOTAL_STEPS, "save_interval": 2, "log_interval": 1,
+             "lr_schedule": "constant",
              "progress_interval_secs": 0.0, "vqgan.ch": 8, "vqgan.n_codes": 16,
              "vqgan.embedding_dim": 8, "vqgan.proj_dim": 4, "loss.disc_start": 10**6,
              "loss.lpips_weight": 0.0, "eval_batches": 1, "mesh.data": -1, "mesh.fsdp": 1}
@@ -58,7 +62,7 @@ def base_env(cache_dir: Path) -> dict[str, str]:
     """4 CPU devices, nothing inherited that configures JAX (pytest's process has 8)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("JAX_", "TECO_TEST_")) and k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4),
                TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                JAX_COMPILATION_CACHE_DIR=str(cache_dir),
@@ -119,13 +123,13 @@ FULL_DISK = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, si
              "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
 
 
-def two_process_commands(tmp: Path, workdir: Path, data_dir: Path, *,
+def two_process_commands(cache_dir: Path, workdir: Path, data_dir: Path, *,
                          stop_after: int | None = None, extra_flags: tuple[str, ...] = (),
                          full_disk_on: int | None = None) -> list[tuple[list[str], dict[str, str]]]:
     port = free_port()
     commands = []
     for i in range(2):
-        env = base_env(tmp / "jax_cache")
+        env = base_env(cache_dir)
         env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                    JAX_PROCESS_ID=str(i))
         if stop_after is None:
@@ -140,10 +144,10 @@ def two_process_commands(tmp: Path, workdir: Path, data_dir: Path, *,
 
 
 def run_two_processes(tmp: Path, name: str, workdir: Path, data_dir: Path, *,
-                      stop_after: int | None = None, extra_flags: tuple[str, ...] = (),
-                      full_disk_on: int | None = None, expected_rc: int | None = None
-                      ) -> list[str]:
-    commands = two_process_commands(tmp, workdir, data_dir, stop_after=stop_after,
+                      cache_dir: Path, stop_after: int | None = None,
+                      extra_flags: tuple[str, ...] = (), full_disk_on: int | None = None,
+                      expected_rc: int | None = None) -> list[str]:
+    commands = two_process_commands(cache_dir, workdir, data_dir, stop_after=stop_after,
                                     extra_flags=extra_flags, full_disk_on=full_disk_on)
     if expected_rc is None:
         expected_rc = EXIT_PREEMPTED if stop_after is not None else 0
@@ -208,18 +212,21 @@ def runs(tmp_path_factory):
     tmp = shared / "multihost"
     data_dir = tmp / "data"   # built by the first run's process 0 while process 1 waits
     workdir = tmp / "two_processes"
+    cache_dir = tmp / "jax_cache"  # every launch's, here and in the tests
     with open(shared / "multihost.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         record = tmp / "runs.json"
         if not record.exists():
             tmp.mkdir(exist_ok=True)
-            run_two_processes(tmp, "stopped", workdir, data_dir, stop_after=STOP_AFTER)
+            run_two_processes(tmp, "stopped", workdir, data_dir, cache_dir=cache_dir,
+                              stop_after=STOP_AFTER)
             steps_after_stop = checkpoint_steps(workdir)
-            run_two_processes(tmp, "resumed", workdir, data_dir)
+            run_two_processes(tmp, "resumed", workdir, data_dir, cache_dir=cache_dir)
             record.write_text(json.dumps({"steps_after_stop": steps_after_stop}))
     logs = {name: [(tmp / f"{name}.p{i}.log").read_text(errors="replace") for i in range(2)]
             for name in ("stopped", "resumed")}
-    return {**logs, **json.loads(record.read_text()), "workdir": workdir, "data_dir": data_dir}
+    return {**logs, **json.loads(record.read_text()), "workdir": workdir, "data_dir": data_dir,
+            "cache_dir": cache_dir}
 
 
 def test_two_processes_stop_resume_and_match_one_process(runs):
@@ -276,8 +283,9 @@ def test_full_disk_on_one_process_stops_all(runs, tmp_path):
     # Parameters sharded over both processes (FSDP), so that process 1 writes shards of its own.
     fsdp = ("--config.mesh.data=1", "--config.mesh.fsdp=-1", "--allow_config_change")
     data_dir = runs["data_dir"]
-    logs = run_two_processes(tmp_path, "full", workdir, data_dir, extra_flags=fsdp,
-                             full_disk_on=1, expected_rc=EXIT_CHECKPOINT_FAILED)
+    logs = run_two_processes(tmp_path, "full", workdir, data_dir, cache_dir=runs["cache_dir"],
+                             extra_flags=fsdp, full_disk_on=1,
+                             expected_rc=EXIT_CHECKPOINT_FAILED)
     errors = [[line for line in log.splitlines() if "could not write the checkpoint" in line]
               for log in logs]
     assert all(len(e) == 1 for e in errors), logs
@@ -289,7 +297,8 @@ def test_full_disk_on_one_process_stops_all(runs, tmp_path):
     assert all("Traceback" not in log for log in logs)
     assert checkpoint.finalized_steps(workdir) == [2]
     # The same command, the disk freed: resumes at step 2 on both processes and finishes.
-    for log in run_two_processes(tmp_path, "freed", workdir, data_dir, extra_flags=fsdp):
+    for log in run_two_processes(tmp_path, "freed", workdir, data_dir,
+                                 cache_dir=runs["cache_dir"], extra_flags=fsdp):
         assert re.search(r"resumed\b.*\bat step 2\b", log)
     assert checkpoint.finalized_steps(workdir) == [2, TOTAL_STEPS]
 
@@ -311,7 +320,8 @@ def test_killed_process_stops_the_other(runs, tmp_path):
     shutil.rmtree(workdir / "checkpoints" / str(TOTAL_STEPS))
     long_run = ("--config.total_steps=1000", f"--heartbeat_timeout_secs={HEARTBEAT_SECS}")
     logs = [tmp_path / f"killed.p{i}.log" for i in range(2)]
-    commands = two_process_commands(tmp_path, workdir, runs["data_dir"], extra_flags=long_run)
+    commands = two_process_commands(runs["cache_dir"], workdir, runs["data_dir"],
+                                    extra_flags=long_run)
     with started(commands, logs) as procs:
         deadline = time.monotonic() + TIMEOUT_SECS
         while f"step {KILL_AT_STEP}/1000" not in logs[1].read_text(errors="replace"):

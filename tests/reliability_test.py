@@ -27,6 +27,7 @@ from teco.config import load_config
 from teco.tasks.base import ConfigKeyed, TrainState, next_rng
 from iterators import Wrapped, wrapping_training
 from vqgan_test import CONFIGS, shared_data_dir, small_config
+from xla_flags import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,7 +290,7 @@ class Cli:
     def __init__(self, data_dir, cache_dir):
         self.overrides = dict(TINY, **{"data.data_dir": str(data_dir)})
         self.env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-                        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                        XLA_FLAGS=xla_flags(2),
                         JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -75,27 +75,18 @@ def test_loss_terms_logged_and_decreasing_on_a_fixed_batch(task):
     assert metrics[-1]["loss"] < 0.9 * metrics[0]["loss"]
 
 
-@pytest.fixture(scope="module")
-def one_device_run(task):
-    """Two steps of the whole-clip encoder on one device: what the sharded runs must match."""
+def test_eight_devices_data_fsdp_model_with_encoder_in_chunks_match_one_device(task, vq):
+    """On a data x fsdp x model mesh of 8 devices, with the encoder run 4 of the 6 time steps at
+    a time (the last chunk padded), TECO trains as the whole-clip encoder does on one device."""
     one = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
-    return run_steps(task, one, code_batch(task, seed=1), 2)
-
-
-def test_eight_devices_data_fsdp_model_match_one_device(task, one_device_run):
+    one_device_run = run_steps(task, one, code_batch(task, seed=1), 2)
+    chunked = TecoTask(teco_config(encoder_frames_per_chunk=4), vqgan=vq[0], vq_config=vq[1])
     eight = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
-    s8 = assert_trains_alike(one_device_run, run_steps(task, eight, code_batch(task, seed=1), 2))
+    s8 = assert_trains_alike(one_device_run,
+                             run_steps(chunked, eight, code_batch(task, seed=1), 2))
     # Something really is split over the mesh (the tiny model's wide matrices are).
     specs = [x.sharding.spec for x in jax.tree.leaves(s8.params)]
     assert any(any(axis is not None for axis in spec) for spec in specs)
-
-
-def test_encoder_in_chunks_sharded_matches_whole_clip(task, vq, one_device_run):
-    """The encoder run 4 of the 6 time steps at a time (the last chunk padded), on 8 devices,
-    trains as the whole-clip encoder does on one device."""
-    chunked = TecoTask(teco_config(encoder_frames_per_chunk=4), vqgan=vq[0], vq_config=vq[1])
-    eight = sharding.make_mesh({"data": 2, "fsdp": 2, "model": 2})
-    assert_trains_alike(one_device_run, run_steps(chunked, eight, code_batch(task, seed=1), 2))
 
 
 def test_pixels_path_encodes_with_the_frozen_vqgan(vq):
@@ -129,20 +120,25 @@ def test_video_grid_marks_context():
     assert (grid[0, 5, 5] == 9).all()
 
 
-def test_stage2_run_resumes_exactly(tmp_path, monkeypatch):
+def test_stage2_run_resumes_exactly(tmp_path, tmp_path_factory, monkeypatch):
     """TECO trained 4 steps straight == 2 steps, killed, then the same command again."""
     from teco import checkpoint
+    from teco.tasks.vqgan import VQGANTask
     from train_test import Preempted, interrupt_after
+    from vqgan_test import one_device_mesh, shared_data_dir, small_config
 
-    vq_config = load_config("configs/memory_maze_vqgan.py:tiny")
-    vq_config.unlock()
-    vq_config.data.data_dir = str(tmp_path / "data")
-    vq_config.total_steps, vq_config.warmup_steps = 1, 1
-    train.train_and_evaluate(vq_config, str(tmp_path / "vqgan"))
+    # The frozen VQ-GAN: its initial weights, saved as a run's (stage 2 only encodes with it).
+    data_dir = shared_data_dir(tmp_path_factory)
+    vq_config = small_config(data_dir)
+    vq_state, _, _ = train.create_train_state(VQGANTask(vq_config), vq_config, one_device_mesh())
+    checkpoint.save_config(tmp_path / "vqgan", vq_config)
+    manager = checkpoint.make_manager(tmp_path / "vqgan")
+    checkpoint.save(manager, 1, vq_state, {})
+    manager.wait_until_finished()
 
     config = teco_config(total_steps=4, save_interval=2, log_eval_interval=100,
                          viz_interval=100, vqvae_ckpt=str(tmp_path / "vqgan"))
-    config.data.source, config.data.data_dir = "tfds", str(tmp_path / "data")  # pixels path
+    config.data.source, config.data.data_dir = "tfds", str(data_dir)  # pixels path
     config.mesh.update(dict(data=2, fsdp=2, model=2))
     reference = train.train_and_evaluate(config, str(tmp_path / "ref"))
     assert reference["step"] == 4 and np.isfinite(reference["eval"]["trans_loss"])
