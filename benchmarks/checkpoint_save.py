@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,15 +59,11 @@ def _child(case: str, mesh_json: str, min_slice_bytes: int) -> dict:
 
 
 def _spawn(args: list[str], devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, __file__, "--child", *args], env=env,
-                         capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode or not lines:
-        return {"args": args, "error": out.stderr.strip().splitlines()[-1:]}
-    return json.loads(lines[-1])
+    from teco_train import spawn_json
+
+    env = {"JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": "",  # nothing compiled before
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return spawn_json(args, env, script=__file__)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -202,9 +202,10 @@ def _child(argv) -> None:
         print(json.dumps(run_memory_case(int(argv[1]), json.loads(argv[2]), json.loads(argv[3]))))
 
 
-def _spawn(args, env_extra=None) -> dict:
+def spawn_json(args, env_extra=None, script=__file__) -> dict:
+    """`python <script> --child <args>` in its own process: the last JSON line it prints."""
     env = dict(os.environ, **(env_extra or {}))
-    out = subprocess.run([sys.executable, __file__, "--child", *args], env=env,
+    out = subprocess.run([sys.executable, script, "--child", *args], env=env,
                          capture_output=True, text=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode or not lines:
@@ -233,14 +234,14 @@ def main() -> None:
     if args.mode == "step":
         for case in args.cases:
             for rate in args.drop_loss:
-                print(json.dumps(_spawn(["step", case, str(rate), str(args.steps)])), flush=True)
+                print(json.dumps(spawn_json(["step", case, str(rate), str(args.steps)])), flush=True)
     elif args.mode == "encoder":
-        print(json.dumps(_spawn(["encoder", str(args.frames), str(args.chunk)])), flush=True)
+        print(json.dumps(spawn_json(["encoder", str(args.frames), str(args.chunk)])), flush=True)
     else:
         for n in args.devices:
             env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
                    "JAX_PLATFORMS": "cpu"}
-            print(json.dumps(_spawn(["memory", str(n), args.mesh, args.set], env)), flush=True)
+            print(json.dumps(spawn_json(["memory", str(n), args.mesh, args.set], env)), flush=True)
 
 
 if __name__ == "__main__":
