@@ -454,6 +454,8 @@ def test_train_command_line_exits_2_with_one_message(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert re.search(r"VQ-GAN workdir '.*nowhere' does not exist \(config\.vqvae_ckpt\)",
                      proc.stderr)
+    # TensorFlow's import-time notices (teco/__init__.py) would bury the message.
+    assert "oneDNN" not in proc.stderr and "InitializeLog" not in proc.stderr, proc.stderr
 
 
 # ----------------------------------------------------------------------------- data set builds

@@ -140,3 +140,30 @@ def test_saving_small_replicated_arrays_compiles_nothing(tmp_path):
     restored, _ = checkpoint.restore(checkpoint.make_manager(tmp_path, read_only=True), target, 1)
     for key, value in state.items():
         np.testing.assert_array_equal(np.asarray(restored[key]), np.asarray(value))
+
+
+def test_registering_the_array_handler_logs_no_warning(tmp_path):
+    """Orbax warns whenever a type handler is replaced; the replacement here is deliberate and
+    would otherwise print a WARNING at the start of every run."""
+    import logging
+
+    import orbax.checkpoint as ocp
+
+    original = ocp.type_handlers.get_type_handler(jax.Array)
+    stock = ocp.type_handlers.ArrayHandler(
+        array_metadata_store=getattr(original, "_array_metadata_store", None))
+    ocp.type_handlers.register_type_handler(jax.Array, stock, override=True)
+    records = []
+    catch = logging.Handler()
+    catch.emit = records.append
+    absl_logger = logging.getLogger("absl")
+    absl_logger.addHandler(catch)
+    try:
+        checkpoint.make_manager(tmp_path)
+        handler = ocp.type_handlers.get_type_handler(jax.Array)
+    finally:
+        absl_logger.removeHandler(catch)
+        ocp.type_handlers.register_type_handler(jax.Array, original, override=True)
+    assert handler is not stock
+    assert handler._min_slice_bytes_for_replica_parallel == checkpoint.MIN_REPLICA_SLICE_BYTES
+    assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
