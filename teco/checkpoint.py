@@ -145,21 +145,15 @@ def _write_small_arrays_whole() -> None:
         array_metadata_store=getattr(default, "_array_metadata_store", None),
         min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES)
     # Orbax warns on every override; this one is deliberate, so a run's log stays quiet.
-    quiet = _DropMessagesWith("overriding")
+    def quiet(record) -> bool:
+        return "overriding" not in record.getMessage()
+
     absl_logger = logging.get_absl_logger()
     absl_logger.addFilter(quiet)
     try:
         ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
     finally:
         absl_logger.removeFilter(quiet)
-
-
-class _DropMessagesWith:
-    def __init__(self, text: str):
-        self.text = text
-
-    def filter(self, record) -> bool:
-        return self.text not in record.getMessage()
 
 
 def make_manager(workdir: str | Path, *, keep: int = 3, best_metric: str | None = None,
