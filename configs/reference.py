@@ -286,6 +286,9 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
         "data.worker_count": "grain worker processes that read and crop; 0 = the main process "
                              "(teco/data.py).",
         "data.prefetch": "Read-ahead of the input pipeline in batches, at least 2 (teco/data.py).",
+        "data.cache_mb": "MiB of decoded episodes each input pipeline (each grain worker) keeps in "
+                         "memory, first read first kept: a data set that fits is decoded once, "
+                         "not at every read; the batches are the same; 0 = off (teco/data.py).",
     }),
     ("Logging, evaluation and checkpoints", {
         "log_interval": "Steps between train-metric averages written to TensorBoard; "

@@ -1,6 +1,12 @@
 """teco: TECO (Temporally Consistent Transformers) video prediction in JAX / Flax NNX."""
 import os as _os
 
+from teco import host_memory as _host_memory
+
+# Before JAX starts its threads: see teco/host_memory.py (CPU-only hosts; TECO_MALLOC=default
+# leaves glibc's defaults).
+_host_memory.apply()
+
 # TensorFlow only reads data (tfds) and writes summaries (clu) here, yet at import it prints
 # INFO lines and a notice about oneDNN numerics, which concern TensorFlow's own maths that teco
 # never runs; turning oneDNN off is the only switch that silences that notice. Warnings and

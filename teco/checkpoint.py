@@ -50,15 +50,16 @@ def replace_text(path: str | Path, text: str) -> None:
     tmp.replace(path)
 
 
-# Keys that only set how often the trainer logs, evaluates and saves, how long it runs, or what
-# the backward pass recomputes (a run that ran out of memory resumes with remat on): a resumed
+# Keys that only set how often the trainer logs, evaluates and saves, how long it runs, what
+# the backward pass recomputes (a run that ran out of memory resumes with remat on) or how much
+# decoded data stays in memory: a resumed
 # run may change them without --allow_config_change. (total_steps also moves the end of the
 # cosine schedule: extending a finished run raises the learning rate again. The data
 # pipeline's worker_count is not here: the saved data position depends on it.)
 RESUMABLE_KEYS = frozenset({
     "total_steps", "log_interval", "log_eval_interval", "viz_interval", "save_interval",
     "save_interval_secs", "keep_checkpoints", "progress_interval_secs", "eval_batches",
-    "remat", "encoder_frames_per_chunk", "checkpoint_timeout_secs"})
+    "remat", "encoder_frames_per_chunk", "checkpoint_timeout_secs", "data.cache_mb"})
 
 
 class ConfigMismatch(ValueError):

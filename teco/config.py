@@ -54,6 +54,8 @@ def validate(config, n_devices: int | None = None) -> None:
           f"must be 'tfds', 'authors' or 'codes', got {c.data.source!r}")
     _need(c.data.on_bad_file in ("error", "skip"), "data.on_bad_file",
           f"must be 'error' or 'skip', got {c.data.on_bad_file!r}")
+    _need(c.data.get("cache_mb", 0) >= 0, "data.cache_mb",
+          f"must be >= 0 (0 = no cache), got {c.data.get('cache_mb')}")
     if c.model == "vqgan":
         down = int(c.vqgan.get("patch_size", 1)) * 2 ** (len(c.vqgan.ch_mult) - 1)
         _need(c.image_size % down == 0, "image_size",

@@ -104,6 +104,43 @@ def test_same_seed_same_batches_and_exact_resume(dmlab_root, mesh):
     assert not np.array_equal(np.asarray(next(other)["video"]), first[0])
 
 
+def test_episode_cache_gives_the_same_batches_from_one_read_per_episode(dmlab_root, mesh,
+                                                                       monkeypatch):
+    reads = []
+    read = data.FolderSource.__getitem__
+    monkeypatch.setattr(data.FolderSource, "__getitem__", lambda self, i: reads.append(i) or read(self, i))
+    batches, n_reads = {}, {}
+    # Cached first: the iterator's read-ahead threads go on after the measurement, and only
+    # the cached one's no longer read the files.
+    for cache_mb in (1, 0):
+        reads.clear()
+        it = data.make_iterator(config_for("authors", dmlab_root, cache_mb=cache_mb), mesh,
+                                split="train", train=True)
+        batches[cache_mb] = [np.asarray(next(it)["video"]) for _ in range(5)]  # 40 crops of 6
+        n_reads[cache_mb] = len(reads)
+        assert sorted(set(reads)) == list(range(6))
+    assert n_reads[1] == 6 and n_reads[0] >= 40
+    for off, on in zip(batches[0], batches[1]):
+        np.testing.assert_array_equal(on, off)
+
+
+def test_episode_cache_is_bounded_read_only_and_not_pickled(dmlab_root):
+    import pickle
+
+    source = data.FolderSource(str(dmlab_root), "train")
+    one = sum(v.nbytes for v in source[0].values() if isinstance(v, np.ndarray))
+    cache = data._EpisodeCache(source, max_bytes=one)
+    first = cache[0]
+    cache[1]  # does not fit beside episode 0: the cache is full
+    assert list(cache._episodes) == [0] and cache._bytes == one and cache._full
+    with pytest.raises(ValueError, match="read-only"):
+        first["video"][0, 0, 0, 0] = 1
+    assert cache[0] is not first and cache[0]["video"] is first["video"]  # a new dict, same arrays
+    copy = pickle.loads(pickle.dumps(cache))  # as grain sends it to a worker process
+    assert copy._episodes == {} and copy.max_bytes == one and len(copy) == len(source)
+    np.testing.assert_array_equal(copy[1]["video"], source[1]["video"])
+
+
 def test_batch_not_divisible_by_data_parallel_size(dmlab_root, mesh):
     cfg = config_for("authors", dmlab_root, batch_size=2)
     with pytest.raises(ValueError, match="batch_size=2 is not divisible"):

