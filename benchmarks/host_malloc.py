@@ -7,7 +7,9 @@ Each case runs in fresh processes, with teco's settings ("tuned") and with glibc
 (TECO_MALLOC=default), alternately, so a drifting machine slows both alike. Per process: the
 median seconds of the timed executions after a warm-up, and per execution the system CPU time
 and minor page faults. Cases: a 4096^3 float32 matrix product, the Memory Maze TECO and VQ-GAN
-train steps (random inputs, 1 device) and I3D features of 4 16-frame 64x64 clips.
+train steps (random inputs, 1 device), a Memory Maze rollout (random parameters, 2 videos, 16
+frames after 36, draft-and-revise, as teco.eval runs it) and I3D features of 4 16-frame 64x64
+clips.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = ("matmul", "teco_step", "vqgan_step", "i3d")
+CASES = ("matmul", "teco_step", "vqgan_step", "rollout", "i3d")
 
 
 def _case_fn(case: str):
@@ -40,6 +42,19 @@ def _case_fn(case: str):
         i3d = I3D(batch_size=4, progress=False)
         videos = np.random.default_rng(0).integers(0, 256, (4, 16, 64, 64, 3), dtype=np.uint8)
         return lambda: i3d.features(videos), 2
+    if case == "rollout":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from flax import nnx
+
+        from rollout import build as build_rollout
+        from teco import rollout
+
+        config, model, table, codes, actions = build_rollout("memory_maze", 2, 36, 52, seed=0)
+        spec = rollout.SamplerSpec.from_config(config)
+        graphdef, state = nnx.split(model)
+        roll = jax.jit(lambda state, key: rollout.rollout(nnx.merge(graphdef, state), table, codes,
+                                                          actions, key, n_new=16, spec=spec))
+        return lambda: roll(state, jax.random.key(0)).block_until_ready(), 3
     from teco import sharding, train
 
     if case == "teco_step":

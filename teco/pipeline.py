@@ -45,9 +45,10 @@ PRESETS = {
                  # 10.8) collapse into frames of one wall; draft-and-revise at temperature 1
                  # gives PSNR 16.6, LPIPS 0.43.
                  sampler=(),
-                 # measured 2026-12-02 (a slow day of the machine: 44 min; 31 min on 12-01),
-                 # so the banner does not promise more than a slow machine keeps
-                 minutes=dict(data=2.2, vqgan=10.8, encode=2.5, teco=24.1, sample=0.5, eval=4.2)),
+                 # measured 2026-12-04 with teco/host_memory.py's malloc settings and the
+                 # episode cache (41.5 min; the slowest stage figures of that day), so the
+                 # banner does not promise more than a slow machine keeps
+                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=22.2, sample=0.8, eval=5.4)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
