@@ -32,12 +32,12 @@ CHILD = textwrap.dedent("""
     import jax, jax.numpy as jnp
     f = jax.jit(lambda a: (a @ a).sum())
     x = jnp.ones((3072, 3072), jnp.float32)
-    for _ in range(3):
+    for _ in range(2):
         f(x).block_until_ready()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    for _ in range(3):
         f(x).block_until_ready()
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
     print(json.dumps({"tuned": host_memory.TUNED, "faults": faults}))
 """)
 
