@@ -57,12 +57,12 @@ def _case_fn(case: str):
         return lambda: roll(state, jax.random.key(0)).block_until_ready(), 3
     from teco import sharding, train
 
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
     if case == "teco_step":
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from teco_train import build, random_batch
 
         config, task = build("configs/memory_maze.py", "configs/memory_maze_vqgan.py", {})
-        mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
         batch = random_batch(task, config, mesh)
     elif case == "vqgan_step":
         from teco.config import load_config
@@ -70,7 +70,6 @@ def _case_fn(case: str):
 
         config = load_config("configs/memory_maze_vqgan.py")
         task = get_task(config)
-        mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
         shape = (config.batch_size, config.seq_len, config.image_size, config.image_size, 3)
         video = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
         batch = jax.device_put({"video": video, "actions": np.zeros(shape[:2], np.int32)},

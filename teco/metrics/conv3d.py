@@ -22,13 +22,6 @@ _DIMS_2D = ("NHWC", "HWIO", "NHWC")
 _DIMS_3D = ("NDHWC", "DHWIO", "NDHWC")
 
 
-def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's 'SAME' padding of one dimension: ceil(size / stride) outputs."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 def conv3d_same(x_BTHWC: jax.Array, kernel_THWIO: jax.Array, strides=(1, 1, 1)) -> jax.Array:
     """'SAME' 3-D convolution, (B, T, H, W, Cin) * (kt, kh, kw, Cin, Cout) -> (B, T', H', W', Cout)
     with T' = ceil(T / st) etc.; equal to `lax.conv_general_dilated` up to float rounding."""
@@ -41,7 +34,7 @@ def conv3d_same(x_BTHWC: jax.Array, kernel_THWIO: jax.Array, strides=(1, 1, 1)) 
                          f"{kernel_THWIO.shape[3]}")
     if min(strides) < 1:
         raise ValueError(f"conv3d_same: strides must be >= 1, got {strides}")
-    pads = [same_pads(n, k, s) for n, k, s in zip(x_BTHWC.shape[1:4], kernel_THWIO.shape[:3], strides)]
+    pads = jax.lax.padtype_to_pads(x_BTHWC.shape[1:4], kernel_THWIO.shape[:3], strides, "SAME")
     if strides[0] > 1 and len(set(strides)) == 1:
         return _space_to_depth_conv(x_BTHWC, kernel_THWIO, strides[0], pads)
     return _temporal_taps_conv(x_BTHWC, kernel_THWIO, strides, pads)

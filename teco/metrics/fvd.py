@@ -14,6 +14,7 @@ The paper reports FVD as mean ± std over chunks of 256 real/fake pairs (`fvd_ch
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import pickle
 import warnings
@@ -123,9 +124,7 @@ class I3D:
 
     def apply(self, variables, videos_BTHWC) -> jax.Array:
         """Pure: videos (B, T, H, W, 3) uint8 or float in [-1, 1] -> logits float32 (B, 400)."""
-        if not self.fast_conv:
-            return self.module.apply(variables, preprocess(videos_BTHWC), is_training=False)[0]
-        with nn.intercept_methods(_fast_conv3d):
+        with nn.intercept_methods(_fast_conv3d) if self.fast_conv else contextlib.nullcontext():
             logits_BK, _ = self.module.apply(variables, preprocess(videos_BTHWC), is_training=False)
         return logits_BK
 
