@@ -138,6 +138,11 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                           "encoder.depths (paper: [256, 512]) (teco/models/layers.py ResNetDecoder).",
         "decoder.blocks": "ResNet blocks per decoder level (paper: 4) "
                           "(teco/models/layers.py ResNetDecoder).",
+        "decoder_prev_frame": "Not in the paper: the decoder also reads the previous frame's VQ "
+                              "embeddings, folded onto z_t's grid (the real frame in training, "
+                              "its own last frame in rollouts), a short path for what stays in "
+                              "view; models with it cannot load the authors' checkpoints "
+                              "(default False) (teco/models/teco.py decoder_input).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

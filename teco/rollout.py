@@ -65,8 +65,9 @@ def encoded_latent(model, table, prev_codes_BHW, codes_BHW):
 
 
 def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: SamplerSpec,
-                 fixed_codes_BL=None, fixed_mask_BL=None):
-    """MaskGit-samples TECO codes given h_{t-1}, then decodes VQ codes (argmax)."""
+                 fixed_codes_BL=None, fixed_mask_BL=None, prev_codes_BHW=None):
+    """MaskGit-samples TECO codes given h_{t-1}, then decodes VQ codes (argmax); a model with
+    `decoder_prev_frame` also reads the previous frame's VQ codes `prev_codes_BHW`."""
     b = deter_BHWC.shape[0]
     zh, zw = model.z_shape
 
@@ -91,7 +92,10 @@ def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: Sampler
     else:
         raise ValueError(f"sampler must be 'draft_revise' or 'confidence', got {spec.sampler!r}")
     z = model.lookup(codes.reshape(b, zh, zw))
-    vq_logits = model.decoder(deter_BHWC, z)
+    prev = None
+    if model.decoder_prev_frame:
+        prev = jnp.take(table, prev_codes_BHW.astype(jnp.int32), axis=0)
+    vq_logits = model.decoder(deter_BHWC, model.decoder_input(z, prev))
     return jnp.argmax(vq_logits, axis=-1).astype(jnp.int32), z
 
 
@@ -182,11 +186,11 @@ def rollout(model, table, codes_BCHW, actions_BN, key, *, n_new: int, spec: Samp
         i = t - c
         fc = jax.lax.dynamic_index_in_dim(fixed_codes, i, axis=1, keepdims=False)
         fm = jax.lax.dynamic_index_in_dim(fixed_mask, i, axis=1, keepdims=False)
+        prev_vq = jax.lax.dynamic_index_in_dim(vq_hist, t - 1, axis=1, keepdims=False)
         vq, z = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
-                             fc.reshape(b, -1), fm.reshape(b, -1))
+                             fc.reshape(b, -1), fm.reshape(b, -1), prev_vq)
         z_hist = jax.lax.dynamic_update_index_in_dim(z_hist, z.astype(jnp.float32), t, axis=1)
         if slides:
-            prev_vq = jax.lax.dynamic_index_in_dim(vq_hist, t - 1, axis=1, keepdims=False)
             enc = encoded_latent(model, table, prev_vq, vq)
             enc_hist = jax.lax.dynamic_update_index_in_dim(enc_hist, enc, t, axis=1)
         vq_hist = jax.lax.dynamic_update_index_in_dim(vq_hist, vq, t, axis=1)
@@ -235,7 +239,9 @@ def rollout_reference(model, table, codes_BCHW, actions_BN, key, *, n_new: int,
             latents = z[:, :window]
         deter = deter_at(latents, acts, slot)
         deter_u = deter_at(latents, jnp.full_like(acts, -1), slot) if spec.guided else deter
-        new, z_new = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec)
+        prev_vq = jax.lax.dynamic_index_in_dim(vq, t - 1, axis=1, keepdims=False)
+        new, z_new = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
+                                  prev_codes_BHW=prev_vq)
         return (jax.lax.dynamic_update_index_in_dim(vq, new, t, axis=1),
                 jax.lax.dynamic_update_index_in_dim(z, z_new.astype(jnp.float32), t, axis=1))
 

@@ -12,18 +12,22 @@ from teco.models.teco import TECO
 VQ_CODES, VQ_DIM, GRID = 16, 8, (8, 8)
 
 
-@pytest.fixture(scope="module")
-def model_and_table():
+def small_model(**kwargs):
     model = TECO(vq_n_codes=VQ_CODES, vq_embedding_dim=VQ_DIM, latent_shape=GRID, seq_len=4,
                  n_cond=1, encoder_depths=(32, 32), encoder_blocks=1, decoder_depths=(32, 32),
                  decoder_blocks=1, embedding_dim=8, n_codes=16, proj_dim=4, z_ds=2,
                  tfm_embed_dim=32, tfm_mlp_dim=32, tfm_num_heads=2, tfm_num_layers=1,
                  git_vocab_dim=8, git_embed_dim=32, git_mlp_dim=32, git_num_heads=2,
-                 git_num_layers=1, action_dim=3, action_embed_dim=4, rngs=nnx.Rngs(0))
+                 git_num_layers=1, action_dim=3, action_embed_dim=4, rngs=nnx.Rngs(0), **kwargs)
     # Larger token embeddings make the random prior's logits decisive, like a trained one.
     model.z_git.token_embed[...] = model.z_git.token_embed[...] * 50
     table = jax.random.normal(jax.random.key(1), (VQ_CODES, VQ_DIM))
     return model, table
+
+
+@pytest.fixture(scope="module")
+def model_and_table():
+    return small_model()
 
 
 def inputs(b, c, n_new, seed=0):
@@ -57,6 +61,22 @@ def test_cached_rollout_equals_reference(model_and_table, c, n_new, guidance):
     np.testing.assert_array_equal(got[:, :c], codes)       # the context is passed through
     np.testing.assert_array_equal(got, want)               # (2, 6): slides past seq_len=4
     assert (got >= 0).all() and (got < VQ_CODES).all()
+
+
+def test_decoder_reading_the_previous_frame_rolls_out_from_its_own_frames():
+    """decoder_prev_frame: both paths feed the decoder the frame before (the context's last, then
+    the imagined ones), and the decoded frame changes with it."""
+    model, table = small_model(decoder_prev_frame=True)
+    assert model.decoder.conv_in.kernel.shape[2] == 2 * 8 + 2 * 2 * VQ_DIM  # z 4x4, VQ 8x8
+    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1)
+    got, want, codes = run_both(model, table, 2, 6, spec)
+    np.testing.assert_array_equal(got, want)
+    deter = jax.random.normal(jax.random.key(2), (2, *model.z_shape, 8))
+    frames = [rollout.decode_frame(model, table, deter, deter, jax.random.key(3), spec,
+                                   prev_codes_BHW=jnp.full((2, *GRID), code))[0] for code in (0, 1)]
+    assert not np.array_equal(frames[0], frames[1])
+    with pytest.raises(ValueError, match="needs the previous frame's VQ embeddings"):
+        model.decoder_input(jnp.zeros((2, *model.z_shape, 8)))
 
 
 def test_fixed_tokens_are_kept(model_and_table):

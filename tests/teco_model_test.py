@@ -1,6 +1,7 @@
 """TECO network: the authors' fixture reproduced through the converter's mapping, plus structure
 tests (shapes, causality, cond not quantised, KV-cache rollout path, pure loss pieces) on a tiny model.
 """
+import functools
 import json
 from pathlib import Path
 import math
@@ -238,6 +239,29 @@ def test_tiny_loss_shapes_and_metrics(tiny, tiny_batch):
     np.testing.assert_allclose(float(total), float(metrics["recon_loss"] + metrics["trans_loss"]
                                                   + metrics["commitment_loss"]
                                                   + metrics["codebook_loss"]), rtol=1e-6)
+
+
+def test_decoder_prev_frame_reads_the_frame_before_in_training(tiny_batch):
+    """With decoder_prev_frame the reconstruction of frame t reads the real frame t-1's VQ
+    embeddings (not frame t's: that would be a copy of the answer)."""
+    codes, actions, table = tiny_batch
+    g, st = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, decoder_prev_frame=True, rngs=nnx.Rngs(0))))
+    st = random_state(st)
+
+    def recon(s, prev_offset):
+        m = nnx.merge(g, s)
+        e = jnp.take(table, codes, axis=0)
+        cond, z_emb, _, _ = m.encode(e)
+        deter = m.temporal_transformer(z_emb, m.embed_actions(actions), cond)
+        prev = e[:, m.n_cond - 1 + prev_offset:e.shape[1] - 1 + prev_offset]
+        return losses.recon_loss(m.decode(deter, z_emb, prev), codes[:, m.n_cond:],
+                                 m.label_smoothing)
+
+    _, metrics = jit(lambda s, *a: nnx.merge(g, s).loss(*a, train=False))(
+        st, codes, table, actions, jax.random.key(3))
+    aligned, shifted = (float(jit(functools.partial(recon, prev_offset=k))(st)) for k in (0, 1))
+    np.testing.assert_allclose(float(metrics["recon_loss"]), aligned, rtol=1e-5)
+    assert abs(float(metrics["recon_loss"]) - shifted) > 1e-3
 
 
 def test_tiny_shapes_and_cond_not_quantised(tiny_forward, tiny, tiny_batch):

@@ -76,7 +76,8 @@ class TECO(nnx.Module):
                  use_actions: bool = True, action_dim: int = 6, action_embed_dim: int = 16,
                  dropout_actions: bool = True, drop_loss_rate: float = 0.0,
                  label_smoothing: float = 0.01, dtype=jnp.float32, remat: bool = False,
-                 encoder_frames_per_chunk: int = 0, rngs: nnx.Rngs):
+                 encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
+                 rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -123,8 +124,12 @@ class TECO(nnx.Module):
                                  dropout=tfm_dropout, attention_dropout=tfm_attention_dropout,
                                  dtype=dtype, remat=remat, rngs=rngs)
         self.z_unproj = PatchUnprojection(z_ds, tfm_embed_dim, embedding_dim, dtype=dtype, rngs=rngs)
-        self.decoder = ResNetDecoder(2 * embedding_dim, decoder_depths, decoder_blocks, vq_n_codes,
-                                     dtype=dtype, rngs=rngs)
+        # The previous frame's VQ embeddings enter the decoder at its input resolution (z_h x z_w),
+        # folded space-to-depth: (h / z_h) * (w / z_w) * C_vq more input channels.
+        self.decoder_prev_frame = bool(decoder_prev_frame)
+        prev_features = (h // z_h) * (w // z_w) * vq_embedding_dim if decoder_prev_frame else 0
+        self.decoder = ResNetDecoder(2 * embedding_dim + prev_features, decoder_depths,
+                                     decoder_blocks, vq_n_codes, dtype=dtype, rngs=rngs)
         self.z_git = MaskGit(n_codes, git_vocab_dim, embedding_dim, self.z_shape,
                              embed_dim=git_embed_dim, mlp_dim=git_mlp_dim, num_heads=git_num_heads,
                              num_layers=git_num_layers, dropout=git_dropout,
@@ -202,8 +207,27 @@ class TECO(nnx.Module):
         return deter, cache
 
     # --- 2.5 decoder, 2.6 prior --------------------------------------------------------------
-    def decode(self, deter_BTHWC, z_embeddings_BTHWC):
-        """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently."""
+    def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None):
+        """What the decoder reads beside deter: z, and with `decoder_prev_frame` the previous
+        frame's VQ embeddings folded to z's grid."""
+        if not self.decoder_prev_frame:
+            return z_embeddings_NHWC
+        if prev_vq_embeddings_NhwC is None:
+            raise ValueError("TECO: decoder_prev_frame needs the previous frame's VQ embeddings")
+        n, h, w, c = prev_vq_embeddings_NhwC.shape
+        zh, zw = self.z_shape
+        sh, sw = h // zh, w // zw
+        prev = prev_vq_embeddings_NhwC.reshape(n, zh, sh, zw, sw, c).transpose(0, 1, 3, 2, 4, 5)
+        prev = prev.reshape(n, zh, zw, sh * sw * c).astype(z_embeddings_NHWC.dtype)
+        return jnp.concatenate([z_embeddings_NHWC, prev], axis=-1)
+
+    def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None):
+        """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently (with
+        `decoder_prev_frame`, given its predecessor's VQ embeddings)."""
+        if self.decoder_prev_frame:
+            return _flat_time(lambda d, z, p: self.decoder(d, self.decoder_input(z, p)),
+                              deter_BTHWC, z_embeddings_BTHWC,
+                              prev_vq_embeddings_BThwC).astype(jnp.float32)
         return _flat_time(self.decoder, deter_BTHWC, z_embeddings_BTHWC).astype(jnp.float32)
 
     def maskgit_step(self, tokens_BTHW, deter_BTHWC, *, deterministic: bool = True, dropout_key=None):
@@ -237,14 +261,18 @@ class TECO(nnx.Module):
             actions = losses.drop_actions(k_act, actions)
         actions_emb = self.embed_actions(actions)
         table = jax.lax.stop_gradient(jnp.asarray(vq_embedding_table, jnp.float32))
-        cond, z_emb, z_codes, vq = self.encode(jnp.take(table, codes, axis=0))
+        vq_emb = jnp.take(table, codes, axis=0)
+        cond, z_emb, z_codes, vq = self.encode(vq_emb)
         deter = self.temporal_transformer(z_emb, actions_emb, cond, deterministic=not train,
                                           dropout_key=k_tfm)
         labels = codes[:, self.n_cond:]
+        prev_emb = vq_emb[:, self.n_cond - 1:-1] if self.decoder_prev_frame else None
         if train and self.drop_loss_rate > 0.0:
             idx = losses.drop_loss_indices(k_drop, t - self.n_cond, self.drop_loss_rate)
             deter, z_emb, z_codes, labels = (jnp.take(x, idx, axis=1)
                                              for x in (deter, z_emb, z_codes, labels))
+            if prev_emb is not None:
+                prev_emb = jnp.take(prev_emb, idx, axis=1)
         n_sel = deter.shape[1]
         if maskgit_mask is None:
             mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
@@ -255,7 +283,7 @@ class TECO(nnx.Module):
             mask = maskgit_mask.astype(bool)
         git_logits = self.maskgit_step(jnp.where(mask, MASK_TOKEN, z_codes), deter,
                                        deterministic=not train, dropout_key=k_git)
-        recon_logits = self.decode(deter, z_emb)
+        recon_logits = self.decode(deter, z_emb, prev_emb)
         recon = losses.recon_loss(recon_logits, labels, self.label_smoothing)
         trans = losses.trans_loss(git_logits, z_codes, mask)
         total = recon + trans + vq["commitment_loss"] + vq["codebook_loss"]
@@ -289,7 +317,8 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         action_embed_dim=config.action_embed_dim, dropout_actions=config.dropout_actions,
         drop_loss_rate=config.drop_loss_rate, label_smoothing=config.get("label_smoothing", 0.01),
         dtype=config.get("compute_dtype", "float32"), remat=config.get("remat", False),
-        encoder_frames_per_chunk=config.get("encoder_frames_per_chunk", 0), rngs=rngs)
+        encoder_frames_per_chunk=config.get("encoder_frames_per_chunk", 0),
+        decoder_prev_frame=config.get("decoder_prev_frame", False), rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
