@@ -143,6 +143,11 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                               "its own last frame in rollouts), a short path for what stays in "
                               "view; models with it cannot load the authors' checkpoints "
                               "(default False) (teco/models/teco.py decoder_input).",
+        "prior_prev_frame": "Not in the paper: the MaskGit prior is conditioned on the previous "
+                            "frame's VQ embeddings as well as on h_t, folded onto z_t's grid (the "
+                            "real frame in training, the model's own last frame in rollouts); "
+                            "models with it cannot load the authors' checkpoints (default False) "
+                            "(teco/models/teco.py prior_condition).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

@@ -24,9 +24,10 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     # Conditional encoder E(x_t, x_{t-1}) and decoder (decoder depths are used reversed).
     c.encoder = ml_collections.ConfigDict(dict(depths=(256, 512), blocks=2))  # 16x16 -> 8x8
     c.decoder = ml_collections.ConfigDict(dict(depths=(256, 512), blocks=4))
-    # Not in the paper: the decoder also reads the previous frame's VQ embeddings (the real frame
-    # in training, its own last frame when sampling), a short path for what stays in view.
+    # Not in the paper: the decoder / the MaskGit prior also read the previous frame's VQ
+    # embeddings (the real frame in training, the model's own last frame when sampling).
     c.decoder_prev_frame = False
+    c.prior_prev_frame = False
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

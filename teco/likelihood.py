@@ -29,10 +29,11 @@ def frame_nll(model, table, codes_BTHW, actions_BT):
     """Per frame n_cond..seq_len-1 of a seq_len window: the prior's mean NLL per token of the
     frame's TECO codes with all of them masked, float32 [B, seq_len - n_cond]."""
     table = jnp.asarray(table, jnp.float32)
-    cond, z_emb, z_codes, _ = model.encode(jnp.take(table, codes_BTHW, axis=0))
+    vq_emb = jnp.take(table, codes_BTHW, axis=0)
+    cond, z_emb, z_codes, _ = model.encode(vq_emb)
     deter = model.temporal_transformer(z_emb, model.embed_actions(actions_BT), cond)
     masked = jnp.full(z_codes.shape, MASK_TOKEN, z_codes.dtype)
-    logits = model.maskgit_step(masked, deter).astype(jnp.float32)
+    logits = model.maskgit_step(masked, deter, vq_emb[:, model.n_cond - 1:-1]).astype(jnp.float32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), z_codes[..., None], axis=-1)
     return -logp[..., 0].mean(axis=(2, 3))
 

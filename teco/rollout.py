@@ -67,15 +67,21 @@ def encoded_latent(model, table, prev_codes_BHW, codes_BHW):
 def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: SamplerSpec,
                  fixed_codes_BL=None, fixed_mask_BL=None, prev_codes_BHW=None):
     """MaskGit-samples TECO codes given h_{t-1}, then decodes VQ codes (argmax); a model with
-    `decoder_prev_frame` also reads the previous frame's VQ codes `prev_codes_BHW`."""
+    `decoder_prev_frame` / `prior_prev_frame` also reads the previous frame's VQ codes
+    `prev_codes_BHW`."""
     b = deter_BHWC.shape[0]
     zh, zw = model.z_shape
+    prev = None
+    if model.reads_prev_frame:
+        prev = jnp.take(table, prev_codes_BHW.astype(jnp.int32), axis=0)
+    cond = model.prior_condition(deter_BHWC, prev)
+    cond_u = model.prior_condition(deter_uncond_BHWC, prev) if spec.guided else cond
 
     def logits_fn(tokens_BL):
         tokens = tokens_BL.reshape(b, zh, zw)
-        logits = model.z_git.step(tokens, deter_BHWC)
+        logits = model.z_git.step(tokens, cond)
         if spec.guided:
-            uncond = model.z_git.step(tokens, deter_uncond_BHWC)
+            uncond = model.z_git.step(tokens, cond_u)
             logits = sampling.mix_guidance(logits, uncond, spec.guidance_scale)
         return logits.reshape(b, zh * zw, -1)
 
@@ -92,9 +98,6 @@ def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: Sampler
     else:
         raise ValueError(f"sampler must be 'draft_revise' or 'confidence', got {spec.sampler!r}")
     z = model.lookup(codes.reshape(b, zh, zw))
-    prev = None
-    if model.decoder_prev_frame:
-        prev = jnp.take(table, prev_codes_BHW.astype(jnp.int32), axis=0)
     vq_logits = model.decoder(deter_BHWC, model.decoder_input(z, prev))
     return jnp.argmax(vq_logits, axis=-1).astype(jnp.int32), z
 

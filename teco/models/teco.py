@@ -77,7 +77,7 @@ class TECO(nnx.Module):
                  dropout_actions: bool = True, drop_loss_rate: float = 0.0,
                  label_smoothing: float = 0.01, dtype=jnp.float32, remat: bool = False,
                  encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
-                 rngs: nnx.Rngs):
+                 prior_prev_frame: bool = False, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -124,13 +124,16 @@ class TECO(nnx.Module):
                                  dropout=tfm_dropout, attention_dropout=tfm_attention_dropout,
                                  dtype=dtype, remat=remat, rngs=rngs)
         self.z_unproj = PatchUnprojection(z_ds, tfm_embed_dim, embedding_dim, dtype=dtype, rngs=rngs)
-        # The previous frame's VQ embeddings enter the decoder at its input resolution (z_h x z_w),
-        # folded space-to-depth: (h / z_h) * (w / z_w) * C_vq more input channels.
+        # The previous frame's VQ embeddings enter the decoder and / or the prior on z's grid
+        # (z_h x z_w), folded space-to-depth: (h / z_h) * (w / z_w) * C_vq more channels.
         self.decoder_prev_frame = bool(decoder_prev_frame)
-        prev_features = (h // z_h) * (w // z_w) * vq_embedding_dim if decoder_prev_frame else 0
-        self.decoder = ResNetDecoder(2 * embedding_dim + prev_features, decoder_depths,
-                                     decoder_blocks, vq_n_codes, dtype=dtype, rngs=rngs)
-        self.z_git = MaskGit(n_codes, git_vocab_dim, embedding_dim, self.z_shape,
+        self.prior_prev_frame = bool(prior_prev_frame)
+        prev_features = (h // z_h) * (w // z_w) * vq_embedding_dim
+        self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame,
+                                     decoder_depths, decoder_blocks, vq_n_codes, dtype=dtype,
+                                     rngs=rngs)
+        self.z_git = MaskGit(n_codes, git_vocab_dim, embedding_dim + prev_features * prior_prev_frame,
+                             self.z_shape,
                              embed_dim=git_embed_dim, mlp_dim=git_mlp_dim, num_heads=git_num_heads,
                              num_layers=git_num_layers, dropout=git_dropout,
                              attention_dropout=git_attention_dropout, mask_schedule=mask_schedule,
@@ -207,19 +210,32 @@ class TECO(nnx.Module):
         return deter, cache
 
     # --- 2.5 decoder, 2.6 prior --------------------------------------------------------------
-    def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None):
-        """What the decoder reads beside deter: z, and with `decoder_prev_frame` the previous
-        frame's VQ embeddings folded to z's grid."""
-        if not self.decoder_prev_frame:
-            return z_embeddings_NHWC
+    @property
+    def reads_prev_frame(self) -> bool:
+        return self.decoder_prev_frame or self.prior_prev_frame
+
+    def _with_prev(self, x_NHWC, prev_vq_embeddings_NhwC, flag: str):
+        """concat(x, the previous frame's VQ embeddings folded onto z's grid) when `flag` is on."""
+        if not getattr(self, flag):
+            return x_NHWC
         if prev_vq_embeddings_NhwC is None:
-            raise ValueError("TECO: decoder_prev_frame needs the previous frame's VQ embeddings")
+            raise ValueError(f"TECO: {flag} needs the previous frame's VQ embeddings")
         n, h, w, c = prev_vq_embeddings_NhwC.shape
         zh, zw = self.z_shape
         sh, sw = h // zh, w // zw
         prev = prev_vq_embeddings_NhwC.reshape(n, zh, sh, zw, sw, c).transpose(0, 1, 3, 2, 4, 5)
-        prev = prev.reshape(n, zh, zw, sh * sw * c).astype(z_embeddings_NHWC.dtype)
-        return jnp.concatenate([z_embeddings_NHWC, prev], axis=-1)
+        prev = prev.reshape(n, zh, zw, sh * sw * c).astype(x_NHWC.dtype)
+        return jnp.concatenate([x_NHWC, prev], axis=-1)
+
+    def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None):
+        """What the decoder reads beside deter: z, and with `decoder_prev_frame` the previous
+        frame's VQ embeddings."""
+        return self._with_prev(z_embeddings_NHWC, prev_vq_embeddings_NhwC, "decoder_prev_frame")
+
+    def prior_condition(self, deter_NHWC, prev_vq_embeddings_NhwC=None):
+        """What the MaskGit prior is conditioned on: deter, and with `prior_prev_frame` the
+        previous frame's VQ embeddings."""
+        return self._with_prev(deter_NHWC, prev_vq_embeddings_NhwC, "prior_prev_frame")
 
     def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None):
         """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently (with
@@ -230,11 +246,14 @@ class TECO(nnx.Module):
                               prev_vq_embeddings_BThwC).astype(jnp.float32)
         return _flat_time(self.decoder, deter_BTHWC, z_embeddings_BTHWC).astype(jnp.float32)
 
-    def maskgit_step(self, tokens_BTHW, deter_BTHWC, *, deterministic: bool = True, dropout_key=None):
-        """MaskGit logits [B, T, z_h, z_w, n_codes] for codes (-1 = MASK) given deter, per frame."""
-        return _flat_time(lambda y, c: self.z_git.step(y, c, deterministic=deterministic,
-                                                       dropout_key=dropout_key),
-                          tokens_BTHW, deter_BTHWC)
+    def maskgit_step(self, tokens_BTHW, deter_BTHWC, prev_vq_embeddings_BThwC=None, *,
+                     deterministic: bool = True, dropout_key=None):
+        """MaskGit logits [B, T, z_h, z_w, n_codes] for codes (-1 = MASK) given deter (and with
+        `prior_prev_frame` the previous frame's VQ embeddings), per frame."""
+        step = lambda y, c, *p: self.z_git.step(  # noqa: E731
+            y, self.prior_condition(c, *p), deterministic=deterministic, dropout_key=dropout_key)
+        prev = (prev_vq_embeddings_BThwC,) if self.prior_prev_frame else ()
+        return _flat_time(step, tokens_BTHW, deter_BTHWC, *prev)
 
     def lookup(self, codes):
         """TECO codes -> z embeddings (codebook lookup mode, used when sampling)."""
@@ -266,7 +285,7 @@ class TECO(nnx.Module):
         deter = self.temporal_transformer(z_emb, actions_emb, cond, deterministic=not train,
                                           dropout_key=k_tfm)
         labels = codes[:, self.n_cond:]
-        prev_emb = vq_emb[:, self.n_cond - 1:-1] if self.decoder_prev_frame else None
+        prev_emb = vq_emb[:, self.n_cond - 1:-1] if self.reads_prev_frame else None
         if train and self.drop_loss_rate > 0.0:
             idx = losses.drop_loss_indices(k_drop, t - self.n_cond, self.drop_loss_rate)
             deter, z_emb, z_codes, labels = (jnp.take(x, idx, axis=1)
@@ -281,7 +300,7 @@ class TECO(nnx.Module):
             if tuple(maskgit_mask.shape) != tuple(z_codes.shape):
                 raise ValueError(f"TECO.loss: maskgit_mask shape {maskgit_mask.shape} != {z_codes.shape}")
             mask = maskgit_mask.astype(bool)
-        git_logits = self.maskgit_step(jnp.where(mask, MASK_TOKEN, z_codes), deter,
+        git_logits = self.maskgit_step(jnp.where(mask, MASK_TOKEN, z_codes), deter, prev_emb,
                                        deterministic=not train, dropout_key=k_git)
         recon_logits = self.decode(deter, z_emb, prev_emb)
         recon = losses.recon_loss(recon_logits, labels, self.label_smoothing)
@@ -318,7 +337,8 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         drop_loss_rate=config.drop_loss_rate, label_smoothing=config.get("label_smoothing", 0.01),
         dtype=config.get("compute_dtype", "float32"), remat=config.get("remat", False),
         encoder_frames_per_chunk=config.get("encoder_frames_per_chunk", 0),
-        decoder_prev_frame=config.get("decoder_prev_frame", False), rngs=rngs)
+        decoder_prev_frame=config.get("decoder_prev_frame", False),
+        prior_prev_frame=config.get("prior_prev_frame", False), rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
