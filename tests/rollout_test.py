@@ -63,25 +63,25 @@ def test_cached_rollout_equals_reference(model_and_table, c, n_new, guidance):
     assert (got >= 0).all() and (got < VQ_CODES).all()
 
 
-@pytest.mark.parametrize("flag,guidance", [("decoder_prev_frame", 1.0), ("prior_prev_frame", 2.0)])
-def test_reading_the_previous_frame_rolls_out_from_its_own_frames(flag, guidance):
-    """decoder_prev_frame / prior_prev_frame: both paths feed the frame before (the context's
-    last, then the imagined ones), and the frame drawn changes with it."""
-    model, table = small_model(**{flag: True})
-    widths = {"decoder_prev_frame": (model.decoder.conv_in.kernel.shape[2], 2 * 8),
-              "prior_prev_frame": (model.z_git.net.fc_in.kernel.shape[0], 8 + 8)}  # vocab + D
-    got_width, base = widths[flag]
-    assert got_width == base + 2 * 2 * VQ_DIM   # z 4x4, VQ 8x8: 2x2 VQ vectors per z cell
-    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=guidance)
+def test_reading_the_previous_frame_rolls_out_from_its_own_frames():
+    """decoder_prev_frame and prior_prev_frame: both paths feed the decoder and the prior (the
+    guided one too) the frame before, the context's last and then the imagined ones, and the
+    frame drawn changes with it."""
+    model, table = small_model(decoder_prev_frame=True, prior_prev_frame=True)
+    folded = 2 * 2 * VQ_DIM   # z 4x4, VQ 8x8: 2x2 VQ vectors per z cell
+    assert model.decoder.conv_in.kernel.shape[2] == 2 * 8 + folded          # deter + z + prev
+    assert model.z_git.net.fc_in.kernel.shape[0] == 8 + 8 + folded          # token + deter + prev
+    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=2.0)
     got, want, codes = run_both(model, table, 2, 6, spec)
     np.testing.assert_array_equal(got, want)
     deter = jax.random.normal(jax.random.key(2), (2, *model.z_shape, 8))
     frames = [rollout.decode_frame(model, table, deter, deter, jax.random.key(3), spec,
                                    prev_codes_BHW=jnp.full((2, *GRID), code))[0] for code in (0, 1)]
     assert not np.array_equal(frames[0], frames[1])
-    with pytest.raises(ValueError, match=f"{flag} needs the previous frame's VQ embeddings"):
-        (model.decoder_input if flag == "decoder_prev_frame" else model.prior_condition)(
-            jnp.zeros((2, *model.z_shape, 8)))
+    for fn, flag in ((model.decoder_input, "decoder_prev_frame"),
+                     (model.prior_condition, "prior_prev_frame")):
+        with pytest.raises(ValueError, match=f"{flag} needs the previous frame's VQ embeddings"):
+            fn(jnp.zeros((2, *model.z_shape, 8)))
 
 
 def test_fixed_tokens_are_kept(model_and_table):
