@@ -240,11 +240,9 @@ class TECO(nnx.Module):
     def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None):
         """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently (with
         `decoder_prev_frame`, given its predecessor's VQ embeddings)."""
-        if self.decoder_prev_frame:
-            return _flat_time(lambda d, z, p: self.decoder(d, self.decoder_input(z, p)),
-                              deter_BTHWC, z_embeddings_BTHWC,
-                              prev_vq_embeddings_BThwC).astype(jnp.float32)
-        return _flat_time(self.decoder, deter_BTHWC, z_embeddings_BTHWC).astype(jnp.float32)
+        decode = lambda d, z, *p: self.decoder(d, self.decoder_input(z, *p))  # noqa: E731
+        prev = (prev_vq_embeddings_BThwC,) if self.decoder_prev_frame else ()
+        return _flat_time(decode, deter_BTHWC, z_embeddings_BTHWC, *prev).astype(jnp.float32)
 
     def maskgit_step(self, tokens_BTHW, deter_BTHWC, prev_vq_embeddings_BThwC=None, *,
                      deterministic: bool = True, dropout_key=None):
