@@ -16,6 +16,7 @@ from teco.models.layers import (Dense, Embed, ResNetDecoder, ResNetEncoder, as_d
 from teco.models.maskgit import MASK_TOKEN, MaskGit, sample_training_mask
 from teco.models.quantizer import FactorizedCodebook
 from teco.models.transformer import Transformer
+from teco.models.vqgan import space_to_depth
 
 
 class PatchProjection(nnx.Module):
@@ -220,12 +221,10 @@ class TECO(nnx.Module):
             return x_NHWC
         if prev_vq_embeddings_NhwC is None:
             raise ValueError(f"TECO: {flag} needs the previous frame's VQ embeddings")
-        n, h, w, c = prev_vq_embeddings_NhwC.shape
-        zh, zw = self.z_shape
-        sh, sw = h // zh, w // zw
-        prev = prev_vq_embeddings_NhwC.reshape(n, zh, sh, zw, sw, c).transpose(0, 1, 3, 2, 4, 5)
-        prev = prev.reshape(n, zh, zw, sh * sw * c).astype(x_NHWC.dtype)
-        return jnp.concatenate([x_NHWC, prev], axis=-1)
+        # the encoder shrinks both sides alike: one fold factor
+        prev = space_to_depth(prev_vq_embeddings_NhwC,
+                              prev_vq_embeddings_NhwC.shape[1] // self.z_shape[0])
+        return jnp.concatenate([x_NHWC, prev.astype(x_NHWC.dtype)], axis=-1)
 
     def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None):
         """What the decoder reads beside deter: z, and with `decoder_prev_frame` the previous
