@@ -45,10 +45,10 @@ PRESETS = {
                  # 10.8) collapse into frames of one wall; draft-and-revise at temperature 1
                  # gives PSNR 16.6, LPIPS 0.43.
                  sampler=(),
-                 # measured 2026-12-04 with teco/host_memory.py's malloc settings and the
-                 # episode cache (41.5 min; the slowest stage figures of that day), so the
-                 # banner does not promise more than a slow machine keeps
-                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=22.2, sample=0.8, eval=5.4)),
+                 # the slowest of each stage in the two runs of 2026-12-04 afternoon and evening
+                 # (41.5 and 40.1 min; the second with the previous-frame TECO), so the banner
+                 # does not promise more than a slow machine keeps
+                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=22.4, sample=0.8, eval=5.4)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
