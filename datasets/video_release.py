@@ -10,11 +10,13 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
+from datasets.local_build import SaysWhatItBuilds
 from teco import video_io
 
 
-class VideoReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class VideoReleaseBuilder(SaysWhatItBuilds, tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the release builders below (one per data set, named by TFDS from the class)."""
+    SOURCE = "from the release files in its manual directory"
     VERSION = tfds.core.Version("1.0.0")
     IMAGE_SIZE = 64
     HAS_ACTIONS = True

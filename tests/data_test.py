@@ -195,7 +195,7 @@ def test_missing_or_empty_data_directory(tmp_path, mesh):
         data.make_iterator(config_for("tfds", tmp_path, name="dmlab"), mesh, split="train", train=True)
 
 
-def test_release_builder_reads_back_through_tfds(tmp_path, mesh):
+def test_release_builder_reads_back_through_tfds(tmp_path, mesh, capfd):
     from datasets import build
 
     release = tmp_path / "release"
@@ -205,6 +205,12 @@ def test_release_builder_reads_back_through_tfds(tmp_path, mesh):
             np.savez(release / split / "0" / f"{i}.npz", video=frame_video(10, i, size=64),
                      actions=np.arange(10) % 6)
     build.build_release("dmlab", str(tmp_path / "tfds"), str(release))
+    # Nothing is downloaded, and the build says so instead of TFDS's "Downloading ..." line.
+    out = capfd.readouterr().out
+    assert "Downloading" not in out
+    assert ("building dmlab (from the release files in its manual directory; nothing is "
+            f"downloaded) in {tmp_path / 'tfds' / 'dmlab' / '1.0.0'}") in out
+    assert f"built dmlab in {tmp_path / 'tfds' / 'dmlab' / '1.0.0'}" in out
     src = data.TfdsSource(str(tmp_path / "tfds"), "dmlab", "train")
     assert len(src) == 2
     got = sorted(src[i]["source"].decode() for i in range(2))
@@ -217,12 +223,15 @@ def test_release_builder_reads_back_through_tfds(tmp_path, mesh):
         build.build_release("dmlab", str(tmp_path / "tfds2"), str(release))
 
 
-def test_synthetic_set_builds_on_demand_and_is_deterministic(tmp_path, mesh):
+def test_synthetic_set_builds_on_demand_and_is_deterministic(tmp_path, mesh, capfd):
     cfg = load_config("configs/memory_maze_vqgan.py:tiny")
     cfg.unlock()
     cfg.data.data_dir = str(tmp_path)
     batch = next(data.make_iterator(cfg, mesh, split="train", train=True))
     assert batch["video"].shape == (8, 1, 16, 16, 3)
+    out = capfd.readouterr().out
+    assert "Downloading" not in out
+    assert "building synthetic/s16_t24_n16-4_seed0 (procedural videos generated here; " in out
     from datasets.synthetic import generate
 
     a = generate.episode(5, length=10, image_size=16)

@@ -49,6 +49,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from datasets.local_build import SaysWhatItBuilds
 from datasets.memory_maze import generate
 
 
@@ -130,9 +131,10 @@ def _check_config(config: MemoryMazeConfig) -> None:
     config.policy  # checks the policy's fields
 
 
-class MemoryMaze(tfds.core.GeneratorBasedBuilder):
+class MemoryMaze(SaysWhatItBuilds, tfds.core.GeneratorBasedBuilder):
     """Memory Maze 9x9 walks: 64x64 frames (or frame_size), 6 actions, agent pose and maze layout."""
 
+    SOURCE = "rendered here by the Memory Maze environment"
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [DEFAULT, SMALL, REVISITS, SPINS, REVISITS32, TINY]

@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from datasets.local_build import SaysWhatItBuilds
 from datasets.synthetic import generate
 
 
@@ -35,7 +36,8 @@ def make_config(image_size=16, length=24, episodes_train=16, episodes_test=4, se
         episodes_test=episodes_test, seed=seed)
 
 
-class Synthetic(tfds.core.GeneratorBasedBuilder):
+class Synthetic(SaysWhatItBuilds, tfds.core.GeneratorBasedBuilder):
+    SOURCE = "procedural videos generated here"
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [make_config()]
 
