@@ -33,8 +33,9 @@ def get_config(arg=None):
     c.drop_loss_rate = 0.8
     # Not the paper's model: decoder and prior also read the previous frame. In the demo's 900
     # steps the paper's model forgets which maze it is in by frame 60 (world identity 0-12%,
-    # chance 12%); with both it keeps the colours to frame 99 (33-38% on 24 clips; README,
-    # "Reading the previous frame", 2026-12-04). It cannot load the authors' checkpoints.
+    # chance 12%); with both it keeps the colours to frame 99 (29-38% on 24 clips, not the
+    # layout; README, "A real run of the first command"). It cannot load the authors'
+    # checkpoints.
     c.decoder_prev_frame = True
     c.prior_prev_frame = True
     c.log_interval = 20
