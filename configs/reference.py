@@ -148,6 +148,11 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                             "real frame in training, the model's own last frame in rollouts); "
                             "models with it cannot load the authors' checkpoints (default False) "
                             "(teco/models/teco.py prior_condition).",
+        "prev_frame_noise": "Not in the paper, with decoder_prev_frame or prior_prev_frame: in "
+                            "training each previous frame has a fraction u ~ U(0, this) of its "
+                            "VQ codes replaced by random ones, so the model does not trust it "
+                            "more than a rollout's own frames deserve (default 0: the real frame "
+                            "as it is) (teco/losses.py corrupt_codes).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

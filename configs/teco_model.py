@@ -28,6 +28,9 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     # embeddings (the real frame in training, the model's own last frame when sampling).
     c.decoder_prev_frame = False
     c.prior_prev_frame = False
+    # Training only, with either of the two: the largest fraction of the previous frame's codes
+    # replaced by random ones (each frame draws its fraction uniformly below it).
+    c.prev_frame_noise = 0.0
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

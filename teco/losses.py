@@ -4,6 +4,8 @@
   [0, T) although only T' = T - n_cond predictions exist, so the clamped last frame is over-weighted),
   indices are drawn WITHOUT replacement from the valid [0, T').
 - `drop_actions`: one Bernoulli(0.5) per video replaces all its actions by -1 ("no action").
+- `corrupt_codes`: each frame has a fraction u ~ U(0, max_rate) of its codes replaced by random
+  ones (the previous frame TECO reads with `decoder_prev_frame` / `prior_prev_frame`).
 - `recon_loss`: label-smoothed cross-entropy summed over the spatial grid, averaged over batch/frames.
 - `trans_loss`: masked mean cross-entropy times the number of tokens per frame (authors' scaling).
 """
@@ -35,6 +37,16 @@ def drop_actions(key, actions_BT, prob: float = 0.5):
     """Each video independently loses all its actions (-> -1, the no-action row) with `prob`."""
     drop_B = jax.random.bernoulli(key, prob, (actions_BT.shape[0],))
     return jnp.where(drop_B[:, None], NO_ACTION, actions_BT)
+
+
+def corrupt_codes(key, codes_BThw, max_rate: float, n_codes: int):
+    """Each frame draws u ~ U(0, max_rate) and has each code replaced by a uniform random one with
+    probability u (a replaced code may draw itself)."""
+    k_rate, k_where, k_code = jax.random.split(key, 3)
+    rate = jax.random.uniform(k_rate, (*codes_BThw.shape[:2], 1, 1)) * max_rate
+    replace = jax.random.uniform(k_where, codes_BThw.shape) < rate
+    random_codes = jax.random.randint(k_code, codes_BThw.shape, 0, n_codes, dtype=codes_BThw.dtype)
+    return jnp.where(replace, random_codes, codes_BThw)
 
 
 def recon_loss(logits_BTHWV, codes_BTHW, label_smoothing: float = 0.01):

@@ -396,6 +396,8 @@ def test_bad_sizes_raise():
         nnx.eval_shape(lambda: TECO(**dict(TINY, z_ds=3), rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="n_cond"):
         nnx.eval_shape(lambda: TECO(**dict(TINY, n_cond=4), rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="prev_frame_noise"):
+        nnx.eval_shape(lambda: TECO(**dict(TINY, prev_frame_noise=1.5), rngs=nnx.Rngs(0)))
 
 
 # --- pure loss pieces ---------------------------------------------------------------------------
@@ -406,6 +408,38 @@ def test_action_dropout_replaces_whole_sequences():
     dropped = (out == -1).all(axis=1)
     kept = (out == np.asarray(actions)).all(axis=1)
     assert (dropped | kept).all() and 10 < dropped.sum() < 54
+
+
+def test_corrupt_codes_replaces_a_uniform_fraction_per_frame():
+    codes = jnp.full((8, 64, 8, 8), 7, jnp.int32)
+    out = np.asarray(jit(functools.partial(losses.corrupt_codes, max_rate=0.6, n_codes=1000))(
+        jax.random.key(0), codes))
+    assert out.dtype == np.int32 and out.min() >= 0 and out.max() < 1000
+    changed_per_frame = (out != 7).mean(axis=(2, 3))
+    # 64 codes a frame: a frame's fraction is its u ~ U(0, 0.6) within sampling noise
+    assert changed_per_frame.max() < 0.6 + 0.2 and changed_per_frame.min() < 0.05
+    assert abs(changed_per_frame.mean() - 0.3) < 0.03
+    assert len(np.unique(out[out != 7])) > 100     # uniform over the codebook
+    np.testing.assert_array_equal(
+        np.asarray(losses.corrupt_codes(jax.random.key(0), codes, 0.0, 1000)), np.asarray(codes))
+
+
+def test_prev_frame_noise_only_in_training(tiny_batch):
+    """prev_frame_noise changes the training loss (the previous frame is corrupted) and leaves
+    the evaluation loss as without it."""
+    codes, actions, table = tiny_batch
+    st = None
+    out = {}
+    for noise in (0.0, 1.0):
+        g, s = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, prior_prev_frame=True,
+                                                     prev_frame_noise=noise, rngs=nnx.Rngs(0))))
+        st = random_state(s) if st is None else st
+        for train in (False, True):
+            total, _ = jit(lambda s, *a, g=g, train=train: nnx.merge(g, s).loss(*a, train=train))(
+                st, codes, table, actions, jax.random.key(3))
+            out[noise, train] = float(total)
+    assert out[0.0, False] == out[1.0, False]
+    assert abs(out[0.0, True] - out[1.0, True]) > 1e-3
 
 
 @pytest.mark.parametrize("rate,n_frames", [(0.9, 29), (0.5, 7), (0.5, 1), (0.99, 10)])

@@ -78,7 +78,7 @@ class TECO(nnx.Module):
                  dropout_actions: bool = True, drop_loss_rate: float = 0.0,
                  label_smoothing: float = 0.01, dtype=jnp.float32, remat: bool = False,
                  encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
-                 prior_prev_frame: bool = False, rngs: nnx.Rngs):
+                 prior_prev_frame: bool = False, prev_frame_noise: float = 0.0, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -129,6 +129,9 @@ class TECO(nnx.Module):
         # (z_h x z_w), folded space-to-depth: (h / z_h) * (w / z_w) * C_vq more channels.
         self.decoder_prev_frame = bool(decoder_prev_frame)
         self.prior_prev_frame = bool(prior_prev_frame)
+        self.prev_frame_noise = float(prev_frame_noise)
+        if not 0.0 <= self.prev_frame_noise <= 1.0:
+            raise ValueError(f"TECO: prev_frame_noise must be in [0, 1], got {prev_frame_noise}")
         prev_features = (h // z_h) * (w // z_w) * vq_embedding_dim
         self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame,
                                      decoder_depths, decoder_blocks, vq_n_codes, dtype=dtype,
@@ -282,7 +285,16 @@ class TECO(nnx.Module):
         deter = self.temporal_transformer(z_emb, actions_emb, cond, deterministic=not train,
                                           dropout_key=k_tfm)
         labels = codes[:, self.n_cond:]
-        prev_emb = vq_emb[:, self.n_cond - 1:-1] if self.reads_prev_frame else None
+        prev_emb = None
+        if self.reads_prev_frame:
+            prev_codes = codes[:, self.n_cond - 1:-1]
+            if train and self.prev_frame_noise > 0.0:
+                # A rollout's previous frame is the model's own, never as clean as the real one
+                # read here; a model that can trust it fully leans on it rather than on h_t and
+                # drifts with its own errors. (fold_in: the other keys stay as without noise.)
+                prev_codes = losses.corrupt_codes(jax.random.fold_in(key, 5), prev_codes,
+                                                  self.prev_frame_noise, self.vq_n_codes)
+            prev_emb = jnp.take(table, prev_codes, axis=0)
         if train and self.drop_loss_rate > 0.0:
             idx = losses.drop_loss_indices(k_drop, t - self.n_cond, self.drop_loss_rate)
             deter, z_emb, z_codes, labels = (jnp.take(x, idx, axis=1)
@@ -335,7 +347,8 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         dtype=config.get("compute_dtype", "float32"), remat=config.get("remat", False),
         encoder_frames_per_chunk=config.get("encoder_frames_per_chunk", 0),
         decoder_prev_frame=config.get("decoder_prev_frame", False),
-        prior_prev_frame=config.get("prior_prev_frame", False), rngs=rngs)
+        prior_prev_frame=config.get("prior_prev_frame", False),
+        prev_frame_noise=config.get("prev_frame_noise", 0.0), rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
