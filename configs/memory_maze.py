@@ -34,8 +34,9 @@ def get_config(arg=None):
     # Not the paper's model: decoder and prior also read the previous frame. In the demo's 900
     # steps the paper's model forgets which maze it is in by frame 60 (world identity 0-12%,
     # chance 12%); with both it keeps the colours to frame 99 (29-38% on 24 clips, not the
-    # layout; README, "A real run of the first command"). It cannot load the authors'
-    # checkpoints.
+    # layout; README, "A real run of the first command"). The prior alone, or prev_frame_noise
+    # 0.5 / 1.0, keeps the colours about as well and does not bring the layout back (README). It
+    # cannot load the authors' checkpoints.
     c.decoder_prev_frame = True
     c.prior_prev_frame = True
     c.log_interval = 20
