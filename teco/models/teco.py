@@ -285,15 +285,14 @@ class TECO(nnx.Module):
         deter = self.temporal_transformer(z_emb, actions_emb, cond, deterministic=not train,
                                           dropout_key=k_tfm)
         labels = codes[:, self.n_cond:]
-        prev_emb = None
-        if self.reads_prev_frame:
-            prev_codes = codes[:, self.n_cond - 1:-1]
-            if train and self.prev_frame_noise > 0.0:
-                # A rollout's previous frame is the model's own, never as clean as the real one
-                # read here; a model that can trust it fully leans on it rather than on h_t and
-                # drifts with its own errors. (fold_in: the other keys stay as without noise.)
-                prev_codes = losses.corrupt_codes(jax.random.fold_in(key, 5), prev_codes,
-                                                  self.prev_frame_noise, self.vq_n_codes)
+        prev_emb = vq_emb[:, self.n_cond - 1:-1] if self.reads_prev_frame else None
+        if prev_emb is not None and train and self.prev_frame_noise > 0.0:
+            # A rollout's previous frame is the model's own, never as clean as the real one read
+            # here; a model that can trust it fully leans on it rather than on h_t and drifts
+            # with its own errors. (fold_in: the other keys stay as without noise.)
+            prev_codes = losses.corrupt_codes(jax.random.fold_in(key, 5),
+                                              codes[:, self.n_cond - 1:-1],
+                                              self.prev_frame_noise, self.vq_n_codes)
             prev_emb = jnp.take(table, prev_codes, axis=0)
         if train and self.drop_loss_rate > 0.0:
             idx = losses.drop_loss_indices(k_drop, t - self.n_cond, self.drop_loss_rate)
