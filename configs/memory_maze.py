@@ -7,8 +7,9 @@ from configs import common, teco_model
 
 def get_config(arg=None):
     c = common.base_config("teco")
-    c.data = common.data_config("memory_maze/default", image_size=64)
+    c.data = common.data_config("memory_maze/revisits32", image_size=32)
     teco_model.teco_model_config(c)
+    c.image_size = 32
     c.data.source = "codes"
     c.data.data_dir = "data/codes/memory_maze"
     c.vqvae_ckpt = "workdirs/memory_maze/vqgan"
@@ -26,7 +27,7 @@ def get_config(arg=None):
     c.decoder.update(dict(depths=(64, 128), blocks=2))
     c.embedding_dim = 32
     c.codebook.n_codes = 512
-    c.z_ds = 8
+    c.z_ds = 4
     c.z_tfm_kwargs.update(dict(embed_dim=256, mlp_dim=1024, num_heads=4, num_layers=4))
     c.z_git.update(dict(vocab_dim=64))
     c.z_git.tfm_kwargs.update(dict(embed_dim=128, mlp_dim=512, num_heads=4, num_layers=2))
