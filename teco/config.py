@@ -70,6 +70,12 @@ def validate(config, n_devices: int | None = None) -> None:
               f"{c.seq_len} is shorter than the sampling context open_loop_ctx={c.open_loop_ctx}")
         _need(0.0 <= c.drop_loss_rate < 1.0, "drop_loss_rate",
               f"must be in [0, 1), got {c.drop_loss_rate}")
+        noise = c.get("prev_frame_noise", 0.0)
+        _need(0.0 <= noise <= 1.0, "prev_frame_noise", f"must be in [0, 1], got {noise}")
+        # the noise corrupts only the previous frame the decoder or the prior reads
+        _need(noise == 0.0 or c.get("decoder_prev_frame", False) or c.get("prior_prev_frame", False),
+              "prev_frame_noise", f"{noise} has no effect unless decoder_prev_frame or "
+              "prior_prev_frame is True")
         _need(c.z_tfm_kwargs.embed_dim % c.z_tfm_kwargs.num_heads == 0, "z_tfm_kwargs.num_heads",
               f"{c.z_tfm_kwargs.num_heads} does not divide embed_dim {c.z_tfm_kwargs.embed_dim}")
         _need(c.z_git.tfm_kwargs.embed_dim % c.z_git.tfm_kwargs.num_heads == 0,

@@ -288,6 +288,10 @@ def test_config_errors_name_the_key():
     c = load_config("configs/dmlab_vqgan.py", {"image_size": 66})
     with pytest.raises(ConfigError, match="config.image_size: 66 is not divisible"):
         validate(c)
+    c = load_config("configs/dmlab.py", {"prev_frame_noise": 0.5})
+    with pytest.raises(ConfigError, match="config.prev_frame_noise: 0.5 has no effect unless"):
+        validate(c)
+    validate(load_config("configs/dmlab.py", {"prev_frame_noise": 0.5, "prior_prev_frame": True}))
     c = load_config("configs/dmlab.py", {"batch_size": 12})
     with pytest.raises(ConfigError, match="config.batch_size: 12 is not divisible by the data-parallel size 8"):
         validate(c, 8)
