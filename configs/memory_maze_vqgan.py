@@ -9,10 +9,10 @@ from configs import common, vqgan_model
 
 def get_config(arg=None):
     c = common.base_config("vqgan")
-    c.data = common.data_config("memory_maze/revisits32", image_size=32)
+    c.data = common.data_config("memory_maze/default", image_size=64)
     # 64x64 -> 16x16: 2x2 pixel-unshuffle, then one stride-2 level, so every convolution runs
     # at 32x32 or 16x16 (64x64 convolutions are the slow part on CPUs).
-    vqgan_model.vqgan_model_config(c, image_size=32, n_codes=512, ch=64, ch_mult=(1, 2))
+    vqgan_model.vqgan_model_config(c, image_size=64, n_codes=1024, ch=64, ch_mult=(1, 2))
     c.vqgan.patch_size = 2
     c.vqgan.num_res_blocks = 1
     c.vqgan.embedding_dim = 64
