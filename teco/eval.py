@@ -48,6 +48,7 @@ from flax import nnx
 
 from teco.checkpoint import replace_text
 from teco.metrics.identity import WorldIdentity
+from teco.metrics.revisit import finite_mean
 from teco.tasks.base import TrainState
 
 PROTOCOLS = {
@@ -199,7 +200,7 @@ def run(args) -> dict:
         result = teacher_forced(args)
         out.mkdir(parents=True, exist_ok=True)
         name = "metrics_no_actions.json" if args.no_actions else "metrics.json"
-        replace_text(out / name, json.dumps(result, indent=1))
+        replace_text(out / name, json_text(result))
         return result
     proto = dict(PROTOCOLS[args.protocol])
     context = proto["context"] if args.context is None else args.context
@@ -338,10 +339,10 @@ def run(args) -> dict:
     if identity:
         videos.plot_identity(out / "identity.png", identity,
                              title=f"{args.protocol}, {n} videos, step {stage.step}")
-    replace_text(out / "metrics.json", json.dumps(result, indent=1))
+    replace_text(out / "metrics.json", json_text(result))
     if curves:
-        replace_text(out / "curves.json", json.dumps({"context_frames": context, **curves,
-                                                      "repeat_last": baseline}))
+        replace_text(out / "curves.json", json_text({"context_frames": context, **curves,
+                                                     "repeat_last": baseline}, indent=None))
         videos.plot_curves(out / "curves.png", curves, context, baseline=baseline,
                            title=f"{args.protocol}, {n} videos, step {stage.step}")
     if result.get("fvd_windows"):
@@ -354,11 +355,26 @@ def run(args) -> dict:
     return result
 
 
-def _mean_and_curve(parts: list, n: int) -> tuple[float, list]:
-    """The mean over the first n videos' finite per-frame scores, and the mean per frame."""
+def json_text(obj, indent: int | None = 1) -> str:
+    """Standard JSON, which has no NaN or Infinity: a non-finite number is written as null
+    (read by jq, JavaScript and pandas alike)."""
+    def clean(x):
+        if isinstance(x, float):
+            return x if np.isfinite(x) else None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
+
+
+def _mean_and_curve(parts: list, n: int) -> tuple[float | None, list]:
+    """The mean over the first n videos' finite per-frame scores, and the mean per frame; None
+    where no video's score is finite (a frame every video repeats exactly has PSNR inf), so the
+    JSON files stay standard JSON (no NaN)."""
     values = np.concatenate(parts)[:n]                     # [N, predict]
-    finite = np.where(np.isfinite(values), values, np.nan)
-    return float(np.nanmean(finite)), np.nanmean(finite, axis=0).tolist()
+    return finite_mean(values), [finite_mean(column) for column in values.T]
 
 
 class PlaceMemory:

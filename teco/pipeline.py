@@ -274,7 +274,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
                             f"--out={workdir / 'eval'}", f"--memory_check={preset['memory_check']}",
                             *preset["sampler"]])
     result = teco_eval.run(args)
-    (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
+    (workdir / "metrics.json").write_text(teco_eval.json_text(result))
     print(f"\npipeline finished in {(time.time() - t0) / 60:.1f} min: {workdir}")
     print(headline(result))
     return result

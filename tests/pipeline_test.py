@@ -4,7 +4,24 @@ import json
 import numpy as np
 import pytest
 
+from teco import eval as teco_eval
 from teco import pipeline
+
+
+def strict_json(path):
+    """Standard JSON only: NaN / Infinity, which Python writes by default, fail here."""
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_scores_of_identical_frames_are_null_in_standard_json():
+    """PSNR of a frame repeated exactly is inf: left out of the means, null where nothing is left."""
+    psnr_NT = np.array([[20.0, np.inf, 10.0], [30.0, np.inf, np.inf]])
+    mean, curve = teco_eval._mean_and_curve([psnr_NT[:1], psnr_NT[1:]], 2)
+    assert mean == 20.0 and curve == [25.0, None, 10.0]
+    text = teco_eval.json_text({"psnr": curve, "fvd": float("nan"), "n": [1, (2.5, -np.inf)]})
+    assert json.loads(text) == {"psnr": [25.0, None, 10.0], "fvd": None, "n": [1, [2.5, None]]}
 
 
 def test_tiny_pipeline_end_to_end(tmp_path_factory):
@@ -14,8 +31,9 @@ def test_tiny_pipeline_end_to_end(tmp_path_factory):
     for key in ("psnr", "ssim"):
         assert np.isfinite(result[key])
     assert np.isfinite(result["fvd"]["pooled"]) and result["fvd"]["authors"]["chunk"] == 2
-    assert json.loads((tmp_path / "metrics.json").read_text())["checkpoint_step"] == 6
-    curves = json.loads((tmp_path / "eval" / "curves.json").read_text())
+    assert strict_json(tmp_path / "metrics.json")["checkpoint_step"] == 6
+    assert strict_json(tmp_path / "eval" / "metrics.json")["checkpoint_step"] == 6
+    curves = strict_json(tmp_path / "eval" / "curves.json")
     assert len(curves["psnr"]) == 8 and len(curves["repeat_last"]["psnr"]) == 8
     assert np.isfinite(result["repeat_last"]["ssim"])
     assert (tmp_path / "eval" / "curves.png").stat().st_size > 0

@@ -179,7 +179,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
         if s.shape != (d, d):
             raise ValueError(f"frechet_distance: {name} must have shape ({d}, {d}), got {s.shape}")
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    with warnings.catch_warnings():
+        # With fewer videos than feature dimensions (8 against I3D's 400 in the demo) both
+        # covariances are singular, and scipy says so at every evaluation; a non-finite root
+        # is handled below, a finite one is what the reference implementations use.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         # Nearly singular product (few samples): regularise as the reference implementations do.
         eps = 1e-6 * np.eye(d)
