@@ -2,6 +2,7 @@
 
     python benchmarks/host_malloc.py                              # every case, 2 rounds
     python benchmarks/host_malloc.py --cases teco_step --rounds 3
+    python benchmarks/host_malloc.py --cases teco_step rollout --arenas 2 4   # other arena counts
 
 Each case runs in fresh processes, with teco's settings ("tuned") and with glibc's defaults
 (TECO_MALLOC=default), alternately, so a drifting machine slows both alike. Per process: the
@@ -9,7 +10,7 @@ median seconds of the timed executions after a warm-up, and per execution the sy
 and minor page faults. Cases: a 4096^3 float32 matrix product, the Memory Maze TECO and VQ-GAN
 train steps (random inputs, 1 device), a Memory Maze rollout (random parameters, 2 videos, 16
 frames after 36, draft-and-revise, as teco.eval runs it) and I3D features of 4 16-frame 64x64
-clips.
+clips. `--arenas N ...` adds, per N, processes with teco's settings but N malloc arenas.
 """
 from __future__ import annotations
 
@@ -87,10 +88,12 @@ def _case_fn(case: str):
     return run, 5
 
 
-def child(case: str) -> dict:
+def child(case: str, arenas: int | None) -> dict:
     import teco
     from teco import host_memory
 
+    if arenas is not None:  # started with TECO_MALLOC=default; before JAX starts its threads
+        host_memory.set_options(arenas)
     run, n = _case_fn(case)
     run()
     run()  # compiled, and the allocator warmed up
@@ -107,42 +110,58 @@ def child(case: str) -> dict:
             "peak_rss_MB": round(after.ru_maxrss / 1024, 1), "teco": teco.__version__}
 
 
-def measure(case: str, rounds: int) -> dict:
-    runs = {"tuned": [], "default": []}
+def measure(case: str, rounds: int, arenas: list[int]) -> dict:
+    """kinds: "tuned" (teco's settings), "default" (glibc's) and "arenas_N" (teco's, N arenas)."""
+    runs = {"tuned": [], "default": [], **{f"arenas_{n}": [] for n in arenas}}
     for _ in range(rounds):
         for kind in runs:
             env = dict(os.environ, TECO_MALLOC="tuned" if kind == "tuned" else "default")
-            out = subprocess.run([sys.executable, __file__, "--child", case], env=env, cwd=ROOT,
-                                 capture_output=True, text=True)
+            cmd = [sys.executable, __file__, "--child", case]
+            if kind.startswith("arenas_"):
+                cmd += ["--child_arenas", kind.split("_")[1]]
+            out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(f"{case} ({kind}) failed:\n{out.stderr[-3000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
-            if result["tuned"] != (kind == "tuned"):
+            if result["tuned"] != (kind != "default"):
                 raise RuntimeError(f"{case}: the {kind} process ran with tuned={result['tuned']}")
             runs[kind].append(result)
     summary = {kind: {key: round(statistics.median(r[key] for r in rs), 4)
                       for key in ("seconds", "sys_s", "minor_faults", "peak_rss_MB")}
                for kind, rs in runs.items()}
-    summary["default_over_tuned"] = round(summary["default"]["seconds"] / summary["tuned"]["seconds"], 3)
+    tuned = summary["tuned"]["seconds"]
+    summary["default_over_tuned"] = round(summary["default"]["seconds"] / tuned, 3)
+    for n in arenas:
+        summary[f"arenas_{n}_over_tuned"] = round(summary[f"arenas_{n}"]["seconds"] / tuned, 3)
     return summary
 
 
 def main() -> None:
+    from teco.host_memory import ARENAS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--arenas", type=int, nargs="*", default=[],
+                        help="also run teco's settings with each of these malloc arena counts "
+                             f"(teco's own: {ARENAS})")
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--child_arenas", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child)))
+        print(json.dumps(child(args.child, args.child_arenas)))
         return
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if any(n < 1 for n in args.arenas) or ARENAS in args.arenas:
+        parser.error(f"--arenas: counts of at least 1, other than teco's own ({ARENAS}), "
+                     f"got {args.arenas}")
     import platform
 
-    results = {case: measure(case, args.rounds) for case in args.cases}
+    results = {case: measure(case, args.rounds, args.arenas) for case in args.cases}
     print(json.dumps({"benchmark": "host_malloc", "cpu_count": os.cpu_count(),
                       "machine": platform.machine(), "rounds": args.rounds,
+                      "teco_arenas": ARENAS,
                       "cases": results}, indent=1))
 
 

@@ -28,6 +28,8 @@ import time
 CASES = {
     "tiny": ("configs/dmlab.py:tiny", "configs/dmlab_vqgan.py:tiny", {}),
     "dmlab_b1": ("configs/dmlab.py", "configs/dmlab_vqgan.py", {"batch_size": 1}),
+    # the demo's TECO (batch 4 x 50 frames of 16x16 codes, reading the previous frame)
+    "memory_maze": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py", {}),
     # The encoder 75 time steps at a time, recomputed in the backward pass: its cost in time.
     "dmlab_b1_chunked": ("configs/dmlab.py", "configs/dmlab_vqgan.py",
                          {"batch_size": 1, "encoder_frames_per_chunk": 75}),

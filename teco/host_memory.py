@@ -21,6 +21,10 @@ import sys
 
 # mallopt's parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+# glibc's arenas for all threads: one keeps every freed block reusable by the next execution.
+# Two made the Memory Maze train steps 13% slower and its rollouts 10% faster (2026-12-05,
+# `benchmarks/host_malloc.py --arenas 2`); training is most of the work.
+ARENAS = 1
 # mallopt takes an int: the largest trim threshold it can set
 TRIM_THRESHOLD = 2**31 - 1
 USER_SETTINGS = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
@@ -48,14 +52,19 @@ def wanted(environ=os.environ, dev_glob=glob.glob) -> bool:
 
 def apply() -> bool:
     """Sets the three options when `wanted()`; True if glibc took all of them."""
+    return set_options(ARENAS) if wanted() else False
+
+
+def set_options(arenas: int) -> bool:
+    """`arenas` arenas, no mmap, no trimming: True if glibc took all three (benchmarks call this
+    directly to compare arena counts)."""
     global TUNED
-    if not wanted():
-        return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    results = [mallopt(M_ARENA_MAX, 1), mallopt(M_MMAP_MAX, 0), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
+    results = [mallopt(M_ARENA_MAX, arenas), mallopt(M_MMAP_MAX, 0),
+               mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
     TUNED = all(r == 1 for r in results)
     return TUNED
