@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -211,6 +212,10 @@ def spawn_json(args, env_extra=None, script=__file__) -> dict:
                          capture_output=True, text=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if out.returncode or not lines:
+        if out.returncode < 0:  # SIGKILL with no message: the kernel's out-of-memory killer
+            why = f"killed by signal {-out.returncode}" + (
+                " (out of memory?)" if -out.returncode == signal.SIGKILL else "")
+            return {"args": args, "error": [why]}
         return {"args": args, "error": out.stderr.strip().splitlines()[-1:]}
     return json.loads(lines[-1])
 

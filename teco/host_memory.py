@@ -7,6 +7,10 @@ when freed, so the kernel zero-fills each of its pages again at the next step: 1
 below 2 GiB keep the freed block in the heap for the next execution (the step went from 1.85 to
 1.35 s, the same numbers out; `benchmarks/host_malloc.py` measures it).
 
+The price is memory: freed blocks stay in the heap, so a process's peak can be higher (the DMLab
+TECO step without DropLoss, 23.5 GB with glibc's defaults, went past 24.4 GB and was killed on a
+24 GiB host); a job that only just fits runs with TECO_MALLOC=default.
+
 Left alone: hosts with an accelerator (their large buffers live on the device), any malloc settings
 the user exported (MALLOC_ARENA_MAX, MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES),
 non-glibc systems, and TECO_MALLOC=default. The settings must precede the backend's threads,
