@@ -11,7 +11,8 @@ with the config that wrote it (cadence and run-length keys aside; `--allow_confi
 SIGTERM (what TPU VMs and SLURM send before taking a machine) and Ctrl-C finish the step in
 flight, write a checkpoint and exit 0; a second one acts at once. Exit codes of `main`:
     0  finished, or stopped by SIGTERM / Ctrl-C after writing a checkpoint
-    2  bad config, data or workdir (one line naming what is wrong)
+    2  bad config, data or workdir (one line naming what is wrong), or another process still
+       training into the same workdir (`teco/run_marker.py`)
     3  a checkpoint could not be written (disk full, I/O); the earlier ones are intact
     4  non-finite loss with config.on_nonfinite='stop' (the message names the step, the loss
        terms and the last good checkpoint)
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from teco import checkpoint, sharding
+from teco import checkpoint, run_marker, sharding
 from teco.stopping import Interrupted, StopRequests, agree  # noqa: F401 (Interrupted: API)
 from teco.tasks import get_task
 
@@ -246,10 +247,6 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
     `Interrupted` after a SIGTERM / SIGINT checkpoint, `checkpoint.WriteError` if a checkpoint
     cannot be written, FloatingPointError on a non-finite loss with on_nonfinite='stop'.
     """
-    from clu import metric_writers
-
-    from teco import data
-
     try:
         from teco.config import validate
     except ImportError:
@@ -260,6 +257,18 @@ def train_and_evaluate(config, workdir: str, *, allow_config_change: bool = Fals
     workdir = Path(workdir)
     checkpoint.check_config(workdir, config, allow_change=allow_config_change)
     workdir.mkdir(parents=True, exist_ok=True)
+    # Before the checkpoint manager, whose start deletes unfinished checkpoints: a run still
+    # training here is refused, a previous one killed without a word is named.
+    with run_marker.claimed(workdir, log=lambda note: logging.warning("%s", note)):
+        return _train(config, workdir)
+
+
+def _train(config, workdir: Path) -> dict:
+    """train_and_evaluate's run, in a checked workdir that this run holds."""
+    from clu import metric_writers
+
+    from teco import data
+
     mesh = sharding.make_mesh(config.mesh)
     task = get_task(config)
     if hasattr(task, "check_inputs"):  # a task may check its data before anything compiles

@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 import teco  # noqa: F401
-from teco import checkpoint, data, train
+from teco import checkpoint, data, run_marker, train
 from teco.config import load_config
 from teco.tasks.base import ConfigKeyed, TrainState, next_rng
 from iterators import Wrapped, wrapping_training
@@ -362,6 +363,7 @@ def test_sigkill_then_sigterm_then_rerun_is_bitwise_exact(cli, reference, tmp_pa
     wait_for_checkpoint(proc, tmp_path, kill_at)
     proc.kill()
     proc.wait()
+    proc_killed = proc
     killed = checkpoint.finalized_steps(tmp_path)[-1]
     assert killed < TOTAL, "the run finished before it could be killed"
     half_written(tmp_path, killed + 1, f"{killed + 1}.orbax-checkpoint-tmp-1")
@@ -372,7 +374,10 @@ def test_sigkill_then_sigterm_then_rerun_is_bitwise_exact(cli, reference, tmp_pa
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 0
     log = (tmp_path / "sigterm.log").read_text()
+    assert f"the previous run in {tmp_path} (process {proc_killed.pid} on " in log  # named
+    assert "ended without a word: killed by SIGKILL" in log
     assert f"resumed from {tmp_path} at step {killed}" in log
+    assert not (tmp_path / run_marker.FILE).exists()  # SIGTERM ends the run cleanly
     step, line = stop_line(log, "SIGTERM")
     assert f"SIGTERM at step {step}: checkpoint written to {tmp_path}/checkpoints/{step}, " \
            "exiting" in line
@@ -383,7 +388,33 @@ def test_sigkill_then_sigterm_then_rerun_is_bitwise_exact(cli, reference, tmp_pa
     done = cli.run(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed from {tmp_path} at step {step}" in done.stderr
+    assert "ended without a word" not in done.stderr and not (tmp_path / run_marker.FILE).exists()
     assert_same_state(cli.state(tmp_path, TOTAL), reference[1])
+
+
+def test_a_workdir_still_in_training_is_refused_untouched(cli, reference, tmp_path):
+    """A second trainer on a workdir whose marker names a live process here: exit 2, one line,
+    and the first run's unfinished checkpoint left where it is."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    shutil.rmtree(workdir / "checkpoints" / str(TOTAL))
+    half_written(workdir, TOTAL, f"{TOTAL}.orbax-checkpoint-tmp-7")   # the live run's save
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        (workdir / run_marker.FILE).write_text(json.dumps(
+            {"host": socket.gethostname(), "pid": live.pid, "started": "earlier",
+             "start_ticks": run_marker.process_start_ticks(live.pid), "command": "teco.train"}))
+        before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+        done = cli.run(workdir)
+    finally:
+        live.kill()
+        live.wait()
+    assert done.returncode == train.EXIT_USER_ERROR, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if "is being trained by" in line]
+    assert len(errors) == 1 and f"kill -TERM {live.pid}" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    assert json.loads((workdir / run_marker.FILE).read_text())["pid"] == live.pid
 
 
 # The child lowers its own file-size limit, then becomes `python -m teco.train` (no fork from
