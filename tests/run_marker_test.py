@@ -53,7 +53,9 @@ def test_a_dead_process_is_named_and_the_marker_taken_over(tmp_path):
 
 def test_other_hosts_and_unreadable_markers_are_said_not_refused(tmp_path):
     marker(tmp_path, host="elsewhere-7")
-    assert "cannot be checked from here" in run_marker.check(tmp_path)
+    assert "another host cannot be checked from here" in run_marker.check(tmp_path)
+    marker(tmp_path, start_ticks=None)   # written where /proc was missing
+    assert "cannot be told apart" in run_marker.check(tmp_path)
     (tmp_path / FILE).write_text("{not json")
     assert "unreadable" in run_marker.check(tmp_path)
 
