@@ -186,7 +186,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
     """teco_steps: TECO's length instead of the preset's; more than a finished run's continues
     it from its last checkpoint under a cosine schedule to the new end. clips_per_episode: the
     evaluation cuts that many clips from each held-out episode (K times the videos and time)."""
-    from teco import encode, eval as teco_eval, sample, train
+    from teco import checkpoint, encode, eval as teco_eval, sample, train
 
     preset = dict(PRESETS[preset_name])
     if teco_steps is not None:
@@ -274,7 +274,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
                             f"--out={workdir / 'eval'}", f"--memory_check={preset['memory_check']}",
                             *preset["sampler"]])
     result = teco_eval.run(args)
-    (workdir / "metrics.json").write_text(teco_eval.json_text(result))
+    checkpoint.replace_text(workdir / "metrics.json", teco_eval.json_text(result))
     print(f"\npipeline finished in {(time.time() - t0) / 60:.1f} min: {workdir}")
     print(headline(result))
     return result

@@ -62,8 +62,9 @@ def check(workdir: str | os.PathLike) -> str | None:
         return (f"{path} is unreadable: a previous run in {path.parent} ended without removing "
                 "it; resuming from the newest complete checkpoint")
     who = f"process {pid} on {host}, started {prev.get('started', '?')}"
-    if host != socket.gethostname() or ticks is None or process_start_ticks(os.getpid()) is None:
-        where = ("another host cannot be checked from here" if host != socket.gethostname() else
+    elsewhere = host != socket.gethostname()
+    if elsewhere or ticks is None or process_start_ticks(os.getpid()) is None:
+        where = ("another host cannot be checked from here" if elsewhere else
                  "processes cannot be told apart without Linux's /proc")
         return (f"{path}: a previous run ({who}) has not ended cleanly, or still runs; {where}. "
                 "If it still runs, stop it: two runs would write the same checkpoints")
