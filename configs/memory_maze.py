@@ -37,7 +37,8 @@ def get_config(arg=None):
     # layout; README, "A real run of the first command"). The prior alone, or prev_frame_noise
     # 0.5 / 1.0, keeps the colours about as well and does not bring the layout back; at 32x32
     # frames with 4,500 steps it draws some corridors but keeps the colours less often; with a
-    # half-width encoder (2,200-2,400 steps in the same time) no variant draws shape (README).
+    # half-width encoder (2,200-2,400 steps in the same time) no variant draws shape
+    # (docs/demo_experiments.md).
     # It cannot load the authors' checkpoints.
     c.decoder_prev_frame = True
     c.prior_prev_frame = True

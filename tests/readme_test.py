@@ -29,3 +29,27 @@ def test_every_test_the_fault_table_names_exists():
         defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
     assert len(named) > 10
     assert named <= defined, sorted(named - defined)
+
+
+def _anchor(heading: str) -> str:
+    """The anchor a Markdown viewer (GitHub's rules) gives a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_in_the_docs_reaches_its_file_and_heading():
+    """The README points into docs/ (and back) by file and heading; a renamed heading breaks it."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "launch" / "README.md"]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", linked.read_text(), re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken

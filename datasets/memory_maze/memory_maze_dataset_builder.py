@@ -92,8 +92,8 @@ REVISITS = MemoryMazeConfig(
         "come back within seconds (~4 min on 2 cores)."),
     episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5)
 # Memory made as cheap as the maze allows: most frames are turns on the spot, so a view comes
-# back every ~15 frames. Tried as the demo's set (README, "Cheaper memory, tried and not
-# reached"): the 900-step model showed no place memory either, and with 85 of 512 predicted
+# back every ~15 frames. Tried as the demo's set (docs/demo_experiments.md, "Cheaper memory,
+# tried and not reached"): the 900-step model showed no place memory either, and with 85 of 512 predicted
 # frames revisiting nothing, the memory effect's control is too small to measure it well.
 SPINS = MemoryMazeConfig(
     name="spins", description=(
