@@ -31,9 +31,9 @@ CASES = {
     "dmlab_b1": ("configs/dmlab.py", "configs/dmlab_vqgan.py", {"batch_size": 1}),
     # the demo's TECO (batch 4 x 50 frames of 16x16 codes, reading the previous frame)
     "memory_maze": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py", {}),
-    # its posterior encoder at half the width: the step's largest cost (README, 2026-12-05)
-    "memory_maze_enc32": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
-                          {"encoder.depths": (32, 64)}),
+    # its posterior encoder at the decoder's width, as before 2026-12-05: the step's largest cost
+    "memory_maze_enc64": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
+                          {"encoder.depths": (64, 128)}),
     # The encoder 75 time steps at a time, recomputed in the backward pass: its cost in time.
     "dmlab_b1_chunked": ("configs/dmlab.py", "configs/dmlab_vqgan.py",
                          {"batch_size": 1, "encoder_frames_per_chunk": 75}),

@@ -47,8 +47,9 @@ PRESETS = {
                  sampler=(),
                  # the slowest of each stage in the two runs of 2026-12-04 afternoon and evening
                  # (41.5 and 40.1 min; the second with the previous-frame TECO), so the banner
-                 # does not promise more than a slow machine keeps
-                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=22.4, sample=0.8, eval=5.4)),
+                 # does not promise more than a slow machine keeps; TECO's from the half-width
+                 # encoder's 900 steps on 2026-12-05
+                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=12.6, sample=0.8, eval=5.4)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
