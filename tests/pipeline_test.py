@@ -121,21 +121,26 @@ def test_headline_states_the_scores_and_the_place_memory():
     assert "place memory" not in pipeline.headline(dict(result, revisits=None))
 
 
-@pytest.mark.parametrize("interval, verdict", [
-    ((0.5, 1.0), "the late frames keep their maze's colours"),
-    ((0.0, 0.5), "not above chance: the late frames do not keep their maze's colours")])
-def test_headline_states_the_world_identity_of_the_last_window(interval, verdict):
+@pytest.mark.parametrize("accuracy, interval, verdict", [
+    (0.75, (0.5, 1.0), "the late frames keep their maze's colours"),
+    (0.75, (0.125, 1.0), "above chance, but its interval reaches chance: 8 videos cannot tell "
+                         "(--clips_per_episode=3 scores three times as many)"),
+    (0.125, (0.0, 0.375), "at chance: the late frames do not keep their maze's colours")])
+def test_headline_states_the_world_identity_of_the_last_window(accuracy, interval, verdict):
     window = lambda acc, lo, hi: {"accuracy": acc, "interval": [lo, hi]}
     world = {"start": [36, 52, 68, 84], "window": 16, "episodes": 8, "chance": 0.125,
              "real": [window(0.875, 0.625, 1.0)] * 4,
-             "generated": [window(0.5, 0.25, 0.75)] * 3 + [window(0.75, *interval)]}
+             "generated": [window(0.5, 0.25, 0.75)] * 3 + [window(accuracy, *interval)]}
     result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36, "psnr": 17.4,
               "ssim": 0.57, "lpips": 0.3, "world_identity": world}
     line = pipeline.headline(result).splitlines()[-1]
     assert line.startswith("world identity, frames 84-99: the generated frames' colours name "
-                           "their own episode of 8 in 75% [")
+                           f"their own episode of 8 in {accuracy:.0%} [")
     assert "(real frames 88% [62%, 100%]; chance 12%)" in line
     assert line.endswith(verdict)
+    if accuracy == 0.75 and interval[0] <= world["chance"]:  # more clips already: no advice
+        line = pipeline.headline(dict(result, num_videos=24)).splitlines()[-1]
+        assert line.endswith("24 videos cannot tell")
     world["short_context"] = [window(0.125, 0.0, 0.375)] * 4
     assert ", generated from the last context frames 12% [0%, 38%];" in (
         pipeline.headline(result).splitlines()[-1])
