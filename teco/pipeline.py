@@ -304,10 +304,10 @@ def headline(result: dict) -> str:
             verdict = "the late frames keep their maze's colours"
         elif last["generated"]["accuracy"] > world["chance"]:
             # above chance but the interval reaches it: too few videos to tell, not a failure
+            more = (" (--clips_per_episode=3 scores three times as many)"
+                    if result["num_videos"] <= world["episodes"] else "")
             verdict = (f"above chance, but its interval reaches chance: {result['num_videos']} "
-                       "videos cannot tell" + (" (--clips_per_episode=3 scores three times as "
-                                               "many)" if result["num_videos"] <= world["episodes"]
-                                              else ""))
+                       f"videos cannot tell{more}")
         else:
             verdict = "at chance: the late frames do not keep their maze's colours"
         lines.append(

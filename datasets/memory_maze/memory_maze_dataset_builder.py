@@ -93,8 +93,8 @@ REVISITS = MemoryMazeConfig(
     episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5)
 # Memory made as cheap as the maze allows: most frames are turns on the spot, so a view comes
 # back every ~15 frames. Tried as the demo's set (docs/demo_experiments.md, "Cheaper memory,
-# tried and not reached"): the 900-step model showed no place memory either, and with 85 of 512 predicted
-# frames revisiting nothing, the memory effect's control is too small to measure it well.
+# tried and not reached"): the 900-step model showed no place memory either, and with 85 of 512
+# predicted frames revisiting nothing, the memory effect's control is too small to measure it.
 SPINS = MemoryMazeConfig(
     name="spins", description=(
         "64 + 8 episodes of 300 frames in which the agent moves between the cells within 1 step "
