@@ -42,6 +42,35 @@ def side_by_side(real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray, n_context: int,
     return np.concatenate(rows, axis=1)
 
 
+def caption(grid_THWC: np.ndarray, n_context: int,
+            columns: tuple[str, ...] = ("real", "generated")) -> np.ndarray:
+    """uint8 [T, header + H, W, 3]: the grid under a white header naming its columns (equal
+    widths, left to right) and, on a second line, the frame's number and whether the model was
+    given it (green, "context") or imagined it (red): a video watched later explains itself."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    t, _, w, _ = grid_THWC.shape
+    size = int(np.clip(w // 20, 8, 14))
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # a Pillow without FreeType has one bitmap size
+        font = ImageFont.load_default()
+    line = size + 4
+    header = np.empty((t, 2 * line, w, 3), np.uint8)
+    for k in range(t):
+        image = Image.new("RGB", (w, 2 * line), "white")
+        draw = ImageDraw.Draw(image)
+        for i, name in enumerate(columns):
+            centre = (i + 0.5) * w / len(columns)
+            draw.text((centre, line / 2), name, fill="black", font=font, anchor="mm")
+        given = k < n_context
+        draw.text((w / 2, 1.5 * line),
+                  f"frame {k + 1} of {t}: " + ("context" if given else "imagined"),
+                  fill=tuple(int(c) for c in (GREEN if given else RED)), font=font, anchor="mm")
+        header[k] = np.asarray(image)
+    return np.concatenate([header, np.asarray(grid_THWC, np.uint8)], axis=1)
+
+
 def upscale(frames_THWC: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement so 64x64 frames are watchable."""
     if factor <= 1:

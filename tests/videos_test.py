@@ -28,6 +28,28 @@ def test_filmstrip_rejects_mismatched_videos(tmp_path):
                          np.zeros((1, 5, 8, 8, 3), np.uint8), 2)
 
 
+def test_caption_names_the_columns_and_marks_context_and_imagined_frames():
+    """The header above a real | generated grid: column names in black, then the frame's
+    number in green while it is context and in red once the model imagines it."""
+    real = np.zeros((2, 6, 32, 32, 3), np.uint8)
+    grid = videos.upscale(videos.side_by_side(real, real, 3), 2)
+    out = videos.caption(grid, 3)
+    header = out.shape[1] - grid.shape[1]
+    assert out.shape[0] == grid.shape[0] and out.shape[2:] == grid.shape[2:] and header > 0
+    np.testing.assert_array_equal(out[:, header:], grid)  # the frames below are untouched
+    names, status = out[:, :header // 2], out[:, header // 2:header]
+
+    def inked(rows, colour):  # pixels close to a colour, against the white background
+        return (np.abs(rows.astype(int) - colour).sum(-1) < 120).sum(axis=(1, 2))
+
+    assert (inked(names, (0, 0, 0)) > 0).all()
+    np.testing.assert_array_equal(inked(names, (0, 0, 0)), inked(names, (0, 0, 0))[0])
+    green, red = inked(status, videos.GREEN), inked(status, videos.RED)
+    assert (green[:3] > 0).all() and (red[:3] == 0).all()
+    assert (red[3:] > 0).all() and (green[3:] == 0).all()
+    assert not np.array_equal(status[3], status[4])  # the frame number moves on
+
+
 class MeanColourFeatures:
     """Stands in for I3D: per-video features from pixel statistics (no weights needed)."""
 
