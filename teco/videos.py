@@ -53,20 +53,24 @@ def caption(grid_THWC: np.ndarray, n_context: int,
     size = int(np.clip(w // 20, 8, 14))
     try:
         font = ImageFont.load_default(size=size)
-    except TypeError:  # a Pillow without FreeType has one bitmap size
+    except (ImportError, OSError):  # a Pillow built without FreeType: its one bitmap font
         font = ImageFont.load_default()
     line = size + 4
+
+    def centred(draw, x, y, text, colour):  # bitmap fonts take no anchor: centre by the box
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        draw.text((x - (left + right) / 2, y - (top + bottom) / 2), text, fill=colour, font=font)
+
     header = np.empty((t, 2 * line, w, 3), np.uint8)
     for k in range(t):
         image = Image.new("RGB", (w, 2 * line), "white")
         draw = ImageDraw.Draw(image)
         for i, name in enumerate(columns):
-            centre = (i + 0.5) * w / len(columns)
-            draw.text((centre, line / 2), name, fill="black", font=font, anchor="mm")
+            centred(draw, (i + 0.5) * w / len(columns), line / 2, name, (0, 0, 0))
         given = k < n_context
-        draw.text((w / 2, 1.5 * line),
-                  f"frame {k + 1} of {t}: " + ("context" if given else "imagined"),
-                  fill=tuple(int(c) for c in (GREEN if given else RED)), font=font, anchor="mm")
+        centred(draw, w / 2, 1.5 * line,
+                f"frame {k + 1} of {t}: " + ("context" if given else "imagined"),
+                tuple(int(c) for c in (GREEN if given else RED)))
         header[k] = np.asarray(image)
     return np.concatenate([header, np.asarray(grid_THWC, np.uint8)], axis=1)
 
