@@ -350,8 +350,8 @@ def run(args) -> dict:
         videos.plot_fvd(out / "fvd.png", w["start"], w["fvd"], w["window"], context,
                          title=f"{args.protocol}, {n} videos, step {stage.step}")
     for j, (ref, fake) in enumerate(saved):
-        grid = videos.caption(videos.upscale(videos.side_by_side(ref, fake, context), 2), context)
-        videos.write_video(out / "videos" / f"batch_{j:02d}.mp4", grid)
+        videos.write_video(out / "videos" / f"batch_{j:02d}.mp4",
+                           videos.comparison(ref, fake, context))
     return result
 
 

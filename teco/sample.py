@@ -231,15 +231,13 @@ def write_samples(stage, args, out: Path, results, n_context: int, start: float)
         np.savez_compressed(f, video=video, real=real, codes=codes.astype(np.int16),
                             actions=actions, n_context=n_context, step=stage.step)
     tmp.replace(out / "samples.npz")
-    grid = videos.caption(videos.upscale(videos.side_by_side(real, video, n_context),
-                                         args.upscale), n_context)
+    grid = videos.comparison(real, video, n_context, args.upscale)
     videos.write_video(out / "videos" / "grid.mp4", grid, args.fps)
     videos.write_video(out / "videos" / "grid.gif", grid[::2], max(1, args.fps // 2))
     for i in range(len(video)):
-        one = videos.upscale(videos.side_by_side(real[i:i + 1], video[i:i + 1], n_context),
-                             args.upscale)
         videos.write_video(out / "videos" / f"video_{i:03d}.mp4",
-                           videos.caption(one, n_context), args.fps)
+                           videos.comparison(real[i:i + 1], video[i:i + 1], n_context,
+                                             args.upscale), args.fps)
     print(f"{len(video)} videos of {video.shape[1]} frames ({n_context} context) from step "
           f"{stage.step} in {time.time() - start:.0f}s -> {out}")
 

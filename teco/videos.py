@@ -75,6 +75,12 @@ def caption(grid_THWC: np.ndarray, n_context: int,
     return np.concatenate([header, np.asarray(grid_THWC, np.uint8)], axis=1)
 
 
+def comparison(real_BTHWC: np.ndarray, fake_BTHWC: np.ndarray, n_context: int,
+               scale: int = 2) -> np.ndarray:
+    """What the videos show: real | generated per row (side_by_side), enlarged, captioned."""
+    return caption(upscale(side_by_side(real_BTHWC, fake_BTHWC, n_context), scale), n_context)
+
+
 def upscale(frames_THWC: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement so 64x64 frames are watchable."""
     if factor <= 1:
