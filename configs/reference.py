@@ -153,6 +153,17 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                             "VQ codes replaced by random ones, so the model does not trust it "
                             "more than a rollout's own frames deserve (default 0: the real frame "
                             "as it is) (teco/losses.py corrupt_codes).",
+        "decoder_action": "Not in the paper: the decoder also reads frame t's action embedding "
+                          "(the action that moves frame t-1 to t, the no-action one when it is "
+                          "dropped), broadcast over z_t's grid, beside h_t, which holds it only "
+                          "through the temporal transformer; models with it cannot load the "
+                          "authors' checkpoints (default False) (teco/models/teco.py "
+                          "decoder_input).",
+        "prior_action": "Not in the paper: the MaskGit prior is conditioned on frame t's action "
+                        "embedding as well as on h_t, broadcast over z_t's grid (the no-action "
+                        "one when it is dropped, and for guidance's unconditioned logits); "
+                        "models with it cannot load the authors' checkpoints (default False) "
+                        "(teco/models/teco.py prior_condition).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

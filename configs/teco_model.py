@@ -31,6 +31,10 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     # Training only, with either of the two: the largest fraction of the previous frame's codes
     # replaced by random ones (each frame draws its fraction uniformly below it).
     c.prev_frame_noise = 0.0
+    # Not in the paper: the decoder / the MaskGit prior also read frame t's action embedding
+    # directly, not only through h_t (what the action does to the view, on a short path).
+    c.decoder_action = False
+    c.prior_action = False
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

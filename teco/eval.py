@@ -34,6 +34,12 @@ name their own episode among all clips' contexts, against the real frames and ch
 (teco/metrics/identity.py): does the rollout stay in its maze to the end? Each window's
 "motion" (mean change of a pixel between consecutive frames) tells a kept maze from a rollout
 frozen on one of its walls.
+
+Actions: for a model that reads actions, metrics.json["action_use"] is the real predicted
+frames' teacher-forced NLL per token with the no-action token minus with the true actions
+(teco/likelihood.py action_gain), with a bootstrap interval over the episodes: about 0 means
+the model ignores its actions and its rollouts cannot turn where the agent turned. The
+teacher_forced protocol reports the same comparison of its losses as "action_gain".
 """
 from __future__ import annotations
 
@@ -165,14 +171,17 @@ def teacher_forced(args) -> dict:
     state = TrainState(step=stage.step, params=params, opt_state=None, rng=None)
     step = jax.jit(task.eval_step)
     consts = task.constants()
-    outputs = []
+    no_action = lambda b: dict(b, actions=jax.numpy.full_like(b["actions"], -1))  # noqa: E731
+    outputs, without = [], []   # `without`: the same clips with no actions, to see them used
     try:
         for batch in it:
             if len(outputs) * args.batch_size >= args.num_videos:
                 break
             if args.no_actions:
-                batch = dict(batch, actions=jax.numpy.full_like(batch["actions"], -1))
+                batch = no_action(batch)
             outputs.append(jax.device_get(step(state, batch, consts)))
+            if not args.no_actions:
+                without.append(jax.device_get(step(state, no_action(batch), consts)))
     except DataError as e:
         raise _clip_length_error(e, int(config.seq_len),
                                  f"the run's seq_len={config.seq_len} (teacher_forced)") from None
@@ -182,7 +191,18 @@ def teacher_forced(args) -> dict:
             "seq_len": int(config.seq_len), "checkpoint_step": stage.step,
             "checkpoint": stage.source,
             "actions": "none (no-action token)" if args.no_actions else "given",
-            **task.eval_summary(outputs)}
+            **task.eval_summary(outputs), **_action_use(task.eval_summary(outputs),
+                                                        task.eval_summary(without))}
+
+
+def _action_use(given: dict, without: dict) -> dict:
+    """How much the true actions lower the held-out losses against the no-action token: ~0 for
+    a model that ignores them (its rollouts cannot follow where the agent goes)."""
+    if not without:
+        return {}
+    keys = ("loss", "trans_loss", "recon_loss")
+    return {"without_actions": {k: without[k] for k in keys},
+            "action_gain": {k: without[k] - given[k] for k in keys}}
 
 
 def run(args) -> dict:
@@ -234,6 +254,8 @@ def run(args) -> dict:
     memory = PlaceMemory(context, short_context=args.memory_check,
                          window=int(stage.model.seq_len))
     world = WorldIdentity(context)
+    follows = ActionUse(context) if stage.config.get("use_actions", True) and not args.no_actions \
+        else None
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()
@@ -282,6 +304,9 @@ def run(args) -> dict:
             memory.add(ref, fake, poses, scores, short_fake=short, lpips=lpips,
                        episodes=episode_ids, nll=nll)
         world.add(ref, fake, episode_ids, short_fake_BPHWC=short)
+        if follows is not None:
+            follows.add(likelihood.action_gain(stage.model, stage.table, codes, actions, context),
+                        episode_ids)
         if "fvd" in want:
             reals.append(ref)
             fakes.append(fake)
@@ -328,6 +353,8 @@ def run(args) -> dict:
     identity = world.summary(n)
     if identity:
         result["world_identity"] = identity
+    if follows is not None and follows.summary(n):
+        result["action_use"] = follows.summary(n)
     out.mkdir(parents=True, exist_ok=True)
     if memory.videos:
         memory.picture(out / "revisits.png",
@@ -375,6 +402,35 @@ def _mean_and_curve(parts: list, n: int) -> tuple[float | None, list]:
     JSON files stay standard JSON (no NaN)."""
     values = np.concatenate(parts)[:n]                     # [N, predict]
     return finite_mean(values), [finite_mean(column) for column in values.T]
+
+
+class ActionUse:
+    """Collects teco/likelihood.py's action_gain batch by batch: the real predicted frames' NLL
+    per token with no actions minus with the true ones, averaged with a bootstrap interval over
+    the episodes. A model that ignores its actions (about 0) cannot follow where the agent went;
+    its rollouts drift on their own."""
+
+    def __init__(self, n_context: int):
+        self.n_context = n_context
+        self.gains, self.episodes = [], []
+
+    def add(self, gain_BP: np.ndarray, episodes_B) -> None:
+        self.gains.append(np.asarray(gain_BP, np.float64))
+        self.episodes.append(np.asarray(episodes_B))
+
+    def summary(self, n: int) -> dict | None:
+        from teco.metrics.revisit import mean_interval
+
+        if not self.gains:
+            return None
+        gain = np.concatenate(self.gains)[:n]
+        out = mean_interval(gain, np.isfinite(gain), groups_N=np.concatenate(self.episodes)[:n])
+        if out is None:       # clips shorter than the model's window
+            return None
+        return {**out, "note": "the real predicted frames' NLL per token (nats) with the "
+                               "no-action token minus with the true actions, teacher-forced, in "
+                               "the window of seq_len frames that ends at each clip's last frame; "
+                               "above 0: the model follows the actions"}
 
 
 class PlaceMemory:
@@ -550,7 +606,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     shown = {k: v for k, v in result.items()
-             if k in ("psnr", "ssim", "lpips", "fvd", "trans_loss", "prior_acc", "recon_acc")}
+             if k in ("psnr", "ssim", "lpips", "fvd", "trans_loss", "prior_acc", "recon_acc",
+                      "action_gain")}
     print(json.dumps({"num_videos": result["num_videos"], **shown}, indent=1))
     return 0
 

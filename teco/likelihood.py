@@ -14,6 +14,9 @@ nothing, the difference is what more context gives in general. The same comparis
 sampled memory check (teco/eval.py `--memory_check`), on log-likelihoods, with no draw of
 the MaskGit sampler in between. Frames the probe cannot reach (the short window is seq_len
 frames from context - K) are NaN.
+
+`action_gain` asks the same way whether the model follows its actions: the real frames' NLL
+with the no-action token minus with the true actions.
 """
 from __future__ import annotations
 
@@ -31,9 +34,11 @@ def frame_nll(model, table, codes_BTHW, actions_BT):
     table = jnp.asarray(table, jnp.float32)
     vq_emb = jnp.take(table, codes_BTHW, axis=0)
     cond, z_emb, z_codes, _ = model.encode(vq_emb)
-    deter = model.temporal_transformer(z_emb, model.embed_actions(actions_BT), cond)
+    actions_emb = model.embed_actions(actions_BT)
+    deter = model.temporal_transformer(z_emb, actions_emb, cond)
     masked = jnp.full(z_codes.shape, MASK_TOKEN, z_codes.dtype)
-    logits = model.maskgit_step(masked, deter, vq_emb[:, model.n_cond - 1:-1]).astype(jnp.float32)
+    logits = model.maskgit_step(masked, deter, vq_emb[:, model.n_cond - 1:-1],
+                                actions_emb[:, model.n_cond:]).astype(jnp.float32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), z_codes[..., None], axis=-1)
     return -logp[..., 0].mean(axis=(2, 3))
 
@@ -83,3 +88,27 @@ def context_nll(model, table, codes_BTHW, actions_BT, n_context: int, short_cont
         for f in (f for f, s in start_of.items() if s == start):
             full[:, f - n_context] = values[:, f - start - n_cond]
     return full, short
+
+
+def action_gain(model, table, codes_BTHW, actions_BT, n_context: int):
+    """Whether the model follows the actions, without sampling: float32 [B, T - n_context], per
+    predicted frame of the last seq_len window (the one that ends at the clip's last frame), the
+    real frame's NLL per token with the no-action token minus with the true actions; NaN for
+    frames before that window. ~0 for a model that ignores its actions, whose rollouts cannot
+    turn where the agent turned."""
+    codes, actions = np.asarray(codes_BTHW, np.int32), np.asarray(actions_BT, np.int32)
+    b, t = codes.shape[:2]
+    window, n_cond = int(model.seq_len), int(model.n_cond)
+    if n_context >= t:
+        raise ValueError(f"n_context={n_context} leaves no frame of {t} to predict")
+    out = np.full((b, t - n_context), np.nan, np.float32)
+    if t < window:
+        return out
+    nll = _window_nll(model)
+    start = t - window
+    sl = slice(start, t)
+    given = nll(table, codes[:, sl], actions[:, sl])
+    without = nll(table, codes[:, sl], np.full_like(actions[:, sl], -1))
+    first = max(n_context, start + n_cond)     # NLLs cover frames start + n_cond .. t - 1
+    out[:, first - n_context:] = (without - given)[:, first - start - n_cond:]
+    return out

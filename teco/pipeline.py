@@ -322,6 +322,15 @@ def headline(result: dict) -> str:
             lines.append(f"motion in those frames: the generated ones change by "
                          f"{last['generated']['motion']:.1f} per pixel from frame to frame, the "
                          f"real ones by {last['real']['motion']:.1f}")
+    use = result.get("action_use")
+    if use:
+        lo, hi = use["interval"]
+        verdict = ("the model follows the actions" if lo > 0 else
+                   "the model does not follow its actions (its rollouts cannot turn where the "
+                   "agent turned)")
+        lines.append(f"actions: the real frames' NLL per token is {use['mean']:+.4f} nats higher "
+                     f"with no actions than with the true ones, {use['level']:.0%} interval over "
+                     f"{_units(use)} [{lo:+.4f}, {hi:+.4f}]: {verdict}")
     rev = result.get("revisits")
     if rev:
         lines.append(f"place memory: {rev['revisit_frames']} of {rev['predicted_frames']} "

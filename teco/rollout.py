@@ -65,17 +65,20 @@ def encoded_latent(model, table, prev_codes_BHW, codes_BHW):
 
 
 def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: SamplerSpec,
-                 fixed_codes_BL=None, fixed_mask_BL=None, prev_codes_BHW=None):
+                 fixed_codes_BL=None, fixed_mask_BL=None, prev_codes_BHW=None,
+                 action_emb_BA=None, action_emb_uncond_BA=None):
     """MaskGit-samples TECO codes given h_{t-1}, then decodes VQ codes (argmax); a model with
     `decoder_prev_frame` / `prior_prev_frame` also reads the previous frame's VQ codes
-    `prev_codes_BHW`."""
+    `prev_codes_BHW`, one with `decoder_action` / `prior_action` the frame's action embedding
+    (`action_emb_uncond_BA`, the no-action one, beside the unconditioned h when guided)."""
     b = deter_BHWC.shape[0]
     zh, zw = model.z_shape
     prev = None
     if model.reads_prev_frame:
         prev = jnp.take(table, prev_codes_BHW.astype(jnp.int32), axis=0)
-    cond = model.prior_condition(deter_BHWC, prev)
-    cond_u = model.prior_condition(deter_uncond_BHWC, prev) if spec.guided else cond
+    cond = model.prior_condition(deter_BHWC, prev, action_emb_BA)
+    cond_u = (model.prior_condition(deter_uncond_BHWC, prev, action_emb_uncond_BA)
+              if spec.guided else cond)
 
     def logits_fn(tokens_BL):
         tokens = tokens_BL.reshape(b, zh, zw)
@@ -98,7 +101,7 @@ def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: Sampler
     else:
         raise ValueError(f"sampler must be 'draft_revise' or 'confidence', got {spec.sampler!r}")
     z = model.lookup(codes.reshape(b, zh, zw))
-    vq_logits = model.decoder(deter_BHWC, model.decoder_input(z, prev))
+    vq_logits = model.decoder(deter_BHWC, model.decoder_input(z, prev, action_emb_BA))
     return jnp.argmax(vq_logits, axis=-1).astype(jnp.int32), z
 
 
@@ -182,7 +185,7 @@ def rollout(model, table, codes_BCHW, actions_BN, key, *, n_new: int, spec: Samp
         pos = jnp.minimum(t, window - 1)
         act = jax.lax.dynamic_index_in_dim(a_cond, t, axis=1, keepdims=False)
         deter, cache = model.temporal_step(prev, act, cache, pos)
-        deter_u = deter
+        deter_u, act_u = deter, act
         if spec.guided:
             act_u = jax.lax.dynamic_index_in_dim(a_uncond, t, axis=1, keepdims=False)
             deter_u, cache_u = model.temporal_step(prev, act_u, cache_u, pos)
@@ -191,7 +194,7 @@ def rollout(model, table, codes_BCHW, actions_BN, key, *, n_new: int, spec: Samp
         fm = jax.lax.dynamic_index_in_dim(fixed_mask, i, axis=1, keepdims=False)
         prev_vq = jax.lax.dynamic_index_in_dim(vq_hist, t - 1, axis=1, keepdims=False)
         vq, z = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
-                             fc.reshape(b, -1), fm.reshape(b, -1), prev_vq)
+                             fc.reshape(b, -1), fm.reshape(b, -1), prev_vq, act, act_u)
         z_hist = jax.lax.dynamic_update_index_in_dim(z_hist, z.astype(jnp.float32), t, axis=1)
         if slides:
             enc = encoded_latent(model, table, prev_vq, vq)
@@ -243,8 +246,11 @@ def rollout_reference(model, table, codes_BCHW, actions_BN, key, *, n_new: int,
         deter = deter_at(latents, acts, slot)
         deter_u = deter_at(latents, jnp.full_like(acts, -1), slot) if spec.guided else deter
         prev_vq = jax.lax.dynamic_index_in_dim(vq, t - 1, axis=1, keepdims=False)
+        act = model.embed_actions(jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1, keepdims=False))
+        act_u = model.embed_actions(jnp.full_like(actions_BN[:, 0], -1)) if spec.guided else act
         new, z_new = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
-                                  prev_codes_BHW=prev_vq)
+                                  prev_codes_BHW=prev_vq, action_emb_BA=act,
+                                  action_emb_uncond_BA=act_u)
         return (jax.lax.dynamic_update_index_in_dim(vq, new, t, axis=1),
                 jax.lax.dynamic_update_index_in_dim(z, z_new.astype(jnp.float32), t, axis=1))
 

@@ -293,6 +293,9 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="config.prev_frame_noise: 0.5 has no effect unless"):
         validate(c)
     validate(load_config("configs/dmlab.py", {"prev_frame_noise": 0.5, "prior_prev_frame": True}))
+    c = load_config("configs/dmlab.py", {"prior_action": True, "use_actions": False})
+    with pytest.raises(ConfigError, match="config.prior_action: True has no effect with use_actions=False"):
+        validate(c)
     c = load_config("configs/dmlab.py", {"batch_size": 12})
     with pytest.raises(ConfigError, match="config.batch_size: 12 is not divisible by the data-parallel size 8"):
         validate(c, 8)

@@ -5,21 +5,23 @@ from flax import nnx
 
 import jax
 import teco  # noqa: F401  (disables eager sharding)
-from teco.likelihood import context_nll, frame_nll
+from teco.likelihood import action_gain, context_nll, frame_nll
 from teco.models.teco import TECO
 
 VQ_CODES, VQ_DIM, GRID, WINDOW = 16, 8, (8, 8), 6
 
 
+MODEL = dict(vq_n_codes=VQ_CODES, vq_embedding_dim=VQ_DIM, latent_shape=GRID, seq_len=WINDOW,
+             n_cond=1, encoder_depths=(32, 32), encoder_blocks=1, decoder_depths=(32, 32),
+             decoder_blocks=1, embedding_dim=8, n_codes=16, proj_dim=4, z_ds=2,
+             tfm_embed_dim=32, tfm_mlp_dim=32, tfm_num_heads=2, tfm_num_layers=1,
+             git_vocab_dim=8, git_embed_dim=32, git_mlp_dim=32, git_num_heads=2,
+             git_num_layers=1, action_dim=3, action_embed_dim=4)
+
+
 @pytest.fixture(scope="module")
 def model_and_table():
-    model = TECO(vq_n_codes=VQ_CODES, vq_embedding_dim=VQ_DIM, latent_shape=GRID,
-                 seq_len=WINDOW, n_cond=1, encoder_depths=(32, 32), encoder_blocks=1,
-                 decoder_depths=(32, 32), decoder_blocks=1, embedding_dim=8, n_codes=16,
-                 proj_dim=4, z_ds=2, tfm_embed_dim=32, tfm_mlp_dim=32, tfm_num_heads=2,
-                 tfm_num_layers=1, git_vocab_dim=8, git_embed_dim=32, git_mlp_dim=32,
-                 git_num_heads=2, git_num_layers=1, action_dim=3, action_embed_dim=4,
-                 rngs=nnx.Rngs(0))
+    model = TECO(**MODEL, rngs=nnx.Rngs(0))
     return model, np.asarray(jax.random.normal(jax.random.key(1), (VQ_CODES, VQ_DIM)))
 
 
@@ -74,3 +76,20 @@ def test_bad_contexts_raise(model_and_table, n_context, short_context, message):
     codes, actions = clip(0)
     with pytest.raises(ValueError, match=message):
         context_nll(model, table, codes, actions, n_context, short_context)
+
+
+def test_action_gain_compares_the_last_window_with_and_without_actions(model_and_table):
+    """action_gain: NLL with the no-action token minus with the true actions, on the predicted
+    frames of the window that ends at the clip's last frame; 0 for a model that ignores them."""
+    model, table = model_and_table
+    codes, actions = clip(3)
+    gain = action_gain(model, table, codes, actions, n_context=4)   # window [6, 12): 7..11
+    assert gain.shape == (2, 8)
+    assert np.isnan(gain[:, :3]).all() and np.isfinite(gain[:, 3:]).all()
+    with_a = np.asarray(frame_nll(model, table, codes[:, 6:], actions[:, 6:]))
+    without = np.asarray(frame_nll(model, table, codes[:, 6:], np.full_like(actions[:, 6:], -1)))
+    np.testing.assert_allclose(gain[:, 3:], (without - with_a), rtol=1e-5, atol=1e-6)
+    assert (np.abs(gain[:, 3:]) > 1e-6).any()
+    blind = TECO(**{**MODEL, "use_actions": False}, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(action_gain(blind, table, codes, actions, n_context=4)[:, 3:], 0)
+    assert np.isnan(action_gain(model, table, codes[:, :5], actions[:, :5], n_context=4)).all()

@@ -40,6 +40,8 @@ def test_tiny_pipeline_end_to_end(tmp_path_factory):
     world = result["world_identity"]  # 2 held-out episodes: one 8-frame window each
     assert world["episodes"] == 2 and world["start"] == [2] and len(world["generated"]) == 1
     assert (tmp_path / "eval" / "identity.png").stat().st_size > 0
+    use = result["action_use"]  # the 8-frame window [2, 10) predicts frames 3..9
+    assert use["frames"] == 2 * 7 and use["episodes"] == 2 and np.isfinite(use["mean"])
     with np.load(tmp_path / "samples" / "samples.npz") as f:
         assert f["video"].shape == (2, 10, 16, 16, 3) and f["video"].dtype == np.uint8
         assert int(f["n_context"]) == 2
@@ -119,6 +121,19 @@ def test_headline_states_the_scores_and_the_place_memory():
             in pipeline.headline(dict(result, repeat_last=still)))
     assert "40 of 512 predicted frames" in text and "-0.250 dB" in text
     assert "place memory" not in pipeline.headline(dict(result, revisits=None))
+
+
+@pytest.mark.parametrize("interval, verdict", [
+    ((0.02, 0.05), "the model follows the actions"),
+    ((-0.001, 0.002), "the model does not follow its actions")])
+def test_headline_says_whether_the_model_follows_the_actions(interval, verdict):
+    result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36,
+              "action_use": {"mean": sum(interval) / 2, "interval": list(interval), "level": 0.95,
+                             "frames": 392, "videos": 8, "episodes": 8}}
+    line = [x for x in pipeline.headline(result).splitlines() if x.startswith("actions:")]
+    assert len(line) == 1 and f"[{interval[0]:+.4f}, {interval[1]:+.4f}]: {verdict}" in line[0]
+    assert "over 8 videos" in line[0]
+    assert "actions:" not in pipeline.headline(dict(result, action_use=None))
 
 
 @pytest.mark.parametrize("accuracy, interval, verdict", [

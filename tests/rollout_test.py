@@ -84,6 +84,31 @@ def test_reading_the_previous_frame_rolls_out_from_its_own_frames():
             fn(jnp.zeros((2, *model.z_shape, 8)))
 
 
+def test_reading_the_action_in_the_heads_rolls_out_like_the_reference():
+    """decoder_action and prior_action: both paths feed the decoder and the prior frame t's
+    action (the no-action one to the guided path's unconditioned logits), and the frame drawn
+    changes with it."""
+    model, table = small_model(decoder_action=True, prior_action=True, decoder_prev_frame=True)
+    folded = 2 * 2 * VQ_DIM
+    assert model.decoder.conv_in.kernel.shape[2] == 2 * 8 + folded + 4     # deter + z + prev + a
+    assert model.z_git.net.fc_in.kernel.shape[0] == 8 + 8 + 4               # token + deter + a
+    for guidance in (1.0, 2.0):
+        spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=guidance)
+        got, want, _ = run_both(model, table, 2, 6, spec)
+        np.testing.assert_array_equal(got, want)
+    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1)
+    deter = jax.random.normal(jax.random.key(2), (2, *model.z_shape, 8))
+    prev = jnp.zeros((2, *GRID), jnp.int32)
+    frames = [rollout.decode_frame(model, table, deter, deter, jax.random.key(3), spec,
+                                   prev_codes_BHW=prev,
+                                   action_emb_BA=model.embed_actions(jnp.full((2,), a)))[0]
+              for a in (0, 1)]
+    assert not np.array_equal(frames[0], frames[1])
+    for fn, flag in ((model.decoder_input, "decoder_action"), (model.prior_condition, "prior_action")):
+        with pytest.raises(ValueError, match=f"{flag} needs the frame's action embedding"):
+            fn(jnp.zeros((2, *model.z_shape, 8)), jnp.zeros((2, *GRID, VQ_DIM)))
+
+
 def test_fixed_tokens_are_kept(model_and_table):
     model, table = model_and_table
     codes, actions = inputs(2, 2, 3)

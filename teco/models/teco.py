@@ -51,9 +51,10 @@ class PatchUnprojection(nnx.Module):
 
 
 def _flat_time(fn, *xs):
-    """Applies a per-frame fn to [B, T, ...] tensors by folding T into the batch."""
+    """Applies a per-frame fn to [B, T, ...] tensors by folding T into the batch (None passes
+    through as None)."""
     b, t = xs[0].shape[:2]
-    out = fn(*[x.reshape(b * t, *x.shape[2:]) for x in xs])
+    out = fn(*[None if x is None else x.reshape(b * t, *x.shape[2:]) for x in xs])
     return out.reshape(b, t, *out.shape[1:])
 
 
@@ -78,7 +79,8 @@ class TECO(nnx.Module):
                  dropout_actions: bool = True, drop_loss_rate: float = 0.0,
                  label_smoothing: float = 0.01, dtype=jnp.float32, remat: bool = False,
                  encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
-                 prior_prev_frame: bool = False, prev_frame_noise: float = 0.0, rngs: nnx.Rngs):
+                 prior_prev_frame: bool = False, prev_frame_noise: float = 0.0,
+                 decoder_action: bool = False, prior_action: bool = False, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -132,11 +134,17 @@ class TECO(nnx.Module):
         self.prev_frame_noise = float(prev_frame_noise)
         if not 0.0 <= self.prev_frame_noise <= 1.0:
             raise ValueError(f"TECO: prev_frame_noise must be in [0, 1], got {prev_frame_noise}")
+        # Frame t's action embedding, broadcast over z's grid, enters the decoder and / or the
+        # prior directly, not only through h_t (a short path for what the action does).
+        self.decoder_action, self.prior_action = bool(decoder_action), bool(prior_action)
         prev_features = (h // z_h) * (w // z_w) * vq_embedding_dim
-        self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame,
+        self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame
+                                     + action_embed_dim * self.decoder_action,
                                      decoder_depths, decoder_blocks, vq_n_codes, dtype=dtype,
                                      rngs=rngs)
-        self.z_git = MaskGit(n_codes, git_vocab_dim, embedding_dim + prev_features * prior_prev_frame,
+        self.z_git = MaskGit(n_codes, git_vocab_dim,
+                             embedding_dim + prev_features * prior_prev_frame
+                             + action_embed_dim * self.prior_action,
                              self.z_shape,
                              embed_dim=git_embed_dim, mlp_dim=git_mlp_dim, num_heads=git_num_heads,
                              num_layers=git_num_layers, dropout=git_dropout,
@@ -218,42 +226,63 @@ class TECO(nnx.Module):
     def reads_prev_frame(self) -> bool:
         return self.decoder_prev_frame or self.prior_prev_frame
 
-    def _with_prev(self, x_NHWC, prev_vq_embeddings_NhwC, flag: str):
-        """concat(x, the previous frame's VQ embeddings folded onto z's grid) when `flag` is on."""
-        if not getattr(self, flag):
+    @property
+    def heads_read_action(self) -> bool:
+        return self.decoder_action or self.prior_action
+
+    def _head_input(self, x_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, head: str):
+        """concat(x, the previous frame's VQ embeddings folded onto z's grid, frame t's action
+        embedding broadcast over it), each part only when `<head>_prev_frame` / `<head>_action`
+        is on (head: 'decoder' or 'prior')."""
+        parts = [x_NHWC]
+        if getattr(self, f"{head}_prev_frame"):
+            if prev_vq_embeddings_NhwC is None:
+                raise ValueError(f"TECO: {head}_prev_frame needs the previous frame's VQ embeddings")
+            # the encoder shrinks both sides alike: one fold factor
+            parts.append(space_to_depth(prev_vq_embeddings_NhwC,
+                                        prev_vq_embeddings_NhwC.shape[1] // self.z_shape[0]))
+        if getattr(self, f"{head}_action"):
+            if action_emb_NA is None:
+                raise ValueError(f"TECO: {head}_action needs the frame's action embedding")
+            a = action_emb_NA[:, None, None, :]
+            parts.append(jnp.broadcast_to(a, x_NHWC.shape[:-1] + (a.shape[-1],)))
+        if len(parts) == 1:
             return x_NHWC
-        if prev_vq_embeddings_NhwC is None:
-            raise ValueError(f"TECO: {flag} needs the previous frame's VQ embeddings")
-        # the encoder shrinks both sides alike: one fold factor
-        prev = space_to_depth(prev_vq_embeddings_NhwC,
-                              prev_vq_embeddings_NhwC.shape[1] // self.z_shape[0])
-        return jnp.concatenate([x_NHWC, prev.astype(x_NHWC.dtype)], axis=-1)
+        return jnp.concatenate([p.astype(x_NHWC.dtype) for p in parts], axis=-1)
 
-    def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None):
+    def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None):
         """What the decoder reads beside deter: z, and with `decoder_prev_frame` the previous
-        frame's VQ embeddings."""
-        return self._with_prev(z_embeddings_NHWC, prev_vq_embeddings_NhwC, "decoder_prev_frame")
+        frame's VQ embeddings, with `decoder_action` the frame's action embedding."""
+        return self._head_input(z_embeddings_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, "decoder")
 
-    def prior_condition(self, deter_NHWC, prev_vq_embeddings_NhwC=None):
+    def prior_condition(self, deter_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None):
         """What the MaskGit prior is conditioned on: deter, and with `prior_prev_frame` the
-        previous frame's VQ embeddings."""
-        return self._with_prev(deter_NHWC, prev_vq_embeddings_NhwC, "prior_prev_frame")
+        previous frame's VQ embeddings, with `prior_action` the frame's action embedding."""
+        return self._head_input(deter_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, "prior")
 
-    def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None):
+    def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None,
+               action_emb_BTA=None):
         """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently (with
-        `decoder_prev_frame`, given its predecessor's VQ embeddings)."""
-        decode = lambda d, z, *p: self.decoder(d, self.decoder_input(z, *p))  # noqa: E731
-        prev = (prev_vq_embeddings_BThwC,) if self.decoder_prev_frame else ()
-        return _flat_time(decode, deter_BTHWC, z_embeddings_BTHWC, *prev).astype(jnp.float32)
+        `decoder_prev_frame`, given its predecessor's VQ embeddings; with `decoder_action`, its
+        action embedding)."""
+        def decode(d, z, p, a):
+            return self.decoder(d, self.decoder_input(z, p, a))
+        return _flat_time(decode, deter_BTHWC, z_embeddings_BTHWC,
+                                   prev_vq_embeddings_BThwC if self.decoder_prev_frame else None,
+                                   action_emb_BTA if self.decoder_action else None
+                                   ).astype(jnp.float32)
 
-    def maskgit_step(self, tokens_BTHW, deter_BTHWC, prev_vq_embeddings_BThwC=None, *,
-                     deterministic: bool = True, dropout_key=None):
+    def maskgit_step(self, tokens_BTHW, deter_BTHWC, prev_vq_embeddings_BThwC=None,
+                     action_emb_BTA=None, *, deterministic: bool = True, dropout_key=None):
         """MaskGit logits [B, T, z_h, z_w, n_codes] for codes (-1 = MASK) given deter (and with
-        `prior_prev_frame` the previous frame's VQ embeddings), per frame."""
-        step = lambda y, c, *p: self.z_git.step(  # noqa: E731
-            y, self.prior_condition(c, *p), deterministic=deterministic, dropout_key=dropout_key)
-        prev = (prev_vq_embeddings_BThwC,) if self.prior_prev_frame else ()
-        return _flat_time(step, tokens_BTHW, deter_BTHWC, *prev)
+        `prior_prev_frame` the previous frame's VQ embeddings, with `prior_action` the frame's
+        action embedding), per frame."""
+        def step(y, c, p, a):
+            return self.z_git.step(y, self.prior_condition(c, p, a), deterministic=deterministic,
+                                   dropout_key=dropout_key)
+        return _flat_time(step, tokens_BTHW, deter_BTHWC,
+                                   prev_vq_embeddings_BThwC if self.prior_prev_frame else None,
+                                   action_emb_BTA if self.prior_action else None)
 
     def lookup(self, codes):
         """TECO codes -> z embeddings (codebook lookup mode, used when sampling)."""
@@ -294,12 +323,16 @@ class TECO(nnx.Module):
                                               codes[:, self.n_cond - 1:-1],
                                               self.prev_frame_noise, self.vq_n_codes)
             prev_emb = jnp.take(table, prev_codes, axis=0)
+        # frame t's own action (the one that moves t-1 to t), for decoder_action / prior_action
+        head_actions = actions_emb[:, self.n_cond:] if self.heads_read_action else None
         if train and self.drop_loss_rate > 0.0:
             idx = losses.drop_loss_indices(k_drop, t - self.n_cond, self.drop_loss_rate)
             deter, z_emb, z_codes, labels = (jnp.take(x, idx, axis=1)
                                              for x in (deter, z_emb, z_codes, labels))
             if prev_emb is not None:
                 prev_emb = jnp.take(prev_emb, idx, axis=1)
+            if head_actions is not None:
+                head_actions = jnp.take(head_actions, idx, axis=1)
         n_sel = deter.shape[1]
         if maskgit_mask is None:
             mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
@@ -309,8 +342,8 @@ class TECO(nnx.Module):
                 raise ValueError(f"TECO.loss: maskgit_mask shape {maskgit_mask.shape} != {z_codes.shape}")
             mask = maskgit_mask.astype(bool)
         git_logits = self.maskgit_step(jnp.where(mask, MASK_TOKEN, z_codes), deter, prev_emb,
-                                       deterministic=not train, dropout_key=k_git)
-        recon_logits = self.decode(deter, z_emb, prev_emb)
+                                       head_actions, deterministic=not train, dropout_key=k_git)
+        recon_logits = self.decode(deter, z_emb, prev_emb, head_actions)
         recon = losses.recon_loss(recon_logits, labels, self.label_smoothing)
         trans = losses.trans_loss(git_logits, z_codes, mask)
         total = recon + trans + vq["commitment_loss"] + vq["codebook_loss"]
@@ -347,7 +380,9 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         encoder_frames_per_chunk=config.get("encoder_frames_per_chunk", 0),
         decoder_prev_frame=config.get("decoder_prev_frame", False),
         prior_prev_frame=config.get("prior_prev_frame", False),
-        prev_frame_noise=config.get("prev_frame_noise", 0.0), rngs=rngs)
+        prev_frame_noise=config.get("prev_frame_noise", 0.0),
+        decoder_action=config.get("decoder_action", False),
+        prior_action=config.get("prior_action", False), rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
