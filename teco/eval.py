@@ -36,10 +36,10 @@ name their own episode among all clips' contexts, against the real frames and ch
 frozen on one of its walls.
 
 Actions: for a model that reads actions, metrics.json["action_use"] is the real predicted
-frames' teacher-forced NLL per token with the no-action token minus with the true actions
-(teco/likelihood.py action_gain), with a bootstrap interval over the episodes: about 0 means
-the model ignores its actions and its rollouts cannot turn where the agent turned. The
-teacher_forced protocol reports the same comparison of its losses as "action_gain".
+frames' teacher-forced NLL per token with each clip's actions shuffled in time minus with the
+true actions (teco/likelihood.py action_gain), with a bootstrap interval over the episodes:
+about 0 means the model ignores its actions and its rollouts cannot turn where the agent
+turned. The teacher_forced protocol reports the same comparison of its losses as "action_gain".
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def teacher_forced(args) -> dict:
     """Mean teacher-forced metrics of the run's own data over `num_videos` held-out clips."""
     import jax
 
-    from teco import data, generate, sharding
+    from teco import data, generate, likelihood, sharding
     from teco.sample import no_clips_error
     from teco.tasks.teco import TecoTask
     from teco.video_io import DataError
@@ -171,17 +171,17 @@ def teacher_forced(args) -> dict:
     state = TrainState(step=stage.step, params=params, opt_state=None, rng=None)
     step = jax.jit(task.eval_step)
     consts = task.constants()
-    no_action = lambda b: dict(b, actions=jax.numpy.full_like(b["actions"], -1))  # noqa: E731
-    outputs, without = [], []   # `without`: the same clips with no actions, to see them used
+    outputs, shuffled = [], []   # `shuffled`: the same clips, actions out of order
     try:
         for batch in it:
             if len(outputs) * args.batch_size >= args.num_videos:
                 break
             if args.no_actions:
-                batch = no_action(batch)
+                batch = dict(batch, actions=jax.numpy.full_like(batch["actions"], -1))
             outputs.append(jax.device_get(step(state, batch, consts)))
             if not args.no_actions:
-                without.append(jax.device_get(step(state, no_action(batch), consts)))
+                wrong = likelihood.shuffled_actions(jax.device_get(batch["actions"]))
+                shuffled.append(jax.device_get(step(state, dict(batch, actions=wrong), consts)))
     except DataError as e:
         raise _clip_length_error(e, int(config.seq_len),
                                  f"the run's seq_len={config.seq_len} (teacher_forced)") from None
@@ -192,17 +192,17 @@ def teacher_forced(args) -> dict:
             "checkpoint": stage.source,
             "actions": "none (no-action token)" if args.no_actions else "given",
             **task.eval_summary(outputs), **_action_use(task.eval_summary(outputs),
-                                                        task.eval_summary(without))}
+                                                        task.eval_summary(shuffled))}
 
 
-def _action_use(given: dict, without: dict) -> dict:
-    """How much the true actions lower the held-out losses against the no-action token: ~0 for
-    a model that ignores them (its rollouts cannot follow where the agent goes)."""
-    if not without:
+def _action_use(given: dict, shuffled: dict) -> dict:
+    """How much the true actions lower the held-out losses against the same actions shuffled in
+    time: ~0 for a model that ignores them (its rollouts cannot follow where the agent goes)."""
+    if not shuffled:
         return {}
     keys = ("loss", "trans_loss", "recon_loss")
-    return {"without_actions": {k: without[k] for k in keys},
-            "action_gain": {k: without[k] - given[k] for k in keys}}
+    return {"actions_shuffled": {k: shuffled[k] for k in keys},
+            "action_gain": {k: shuffled[k] - given[k] for k in keys}}
 
 
 def run(args) -> dict:
@@ -406,7 +406,7 @@ def _mean_and_curve(parts: list, n: int) -> tuple[float | None, list]:
 
 class ActionUse:
     """Collects teco/likelihood.py's action_gain batch by batch: the real predicted frames' NLL
-    per token with no actions minus with the true ones, averaged with a bootstrap interval over
+    per token with the actions shuffled in time minus with the true ones, averaged with a bootstrap interval over
     the episodes. A model that ignores its actions (about 0) cannot follow where the agent went;
     its rollouts drift on their own."""
 
@@ -427,8 +427,8 @@ class ActionUse:
         out = mean_interval(gain, np.isfinite(gain), groups_N=np.concatenate(self.episodes)[:n])
         if out is None:       # clips shorter than the model's window
             return None
-        return {**out, "note": "the real predicted frames' NLL per token (nats) with the "
-                               "no-action token minus with the true actions, teacher-forced, in "
+        return {**out, "note": "the real predicted frames' NLL per token (nats) with the clip's "
+                               "actions shuffled in time minus with the true ones, teacher-forced, in "
                                "the window of seq_len frames that ends at each clip's last frame; "
                                "above 0: the model follows the actions"}
 

@@ -16,7 +16,7 @@ the MaskGit sampler in between. Frames the probe cannot reach (the short window 
 frames from context - K) are NaN.
 
 `action_gain` asks the same way whether the model follows its actions: the real frames' NLL
-with the no-action token minus with the true actions.
+with the clip's actions shuffled in time minus with the true actions.
 """
 from __future__ import annotations
 
@@ -90,12 +90,22 @@ def context_nll(model, table, codes_BTHW, actions_BT, n_context: int, short_cont
     return full, short
 
 
+def shuffled_actions(actions_BT, seed: int = 0) -> np.ndarray:
+    """Each video's actions in another order (one fixed permutation of time per video): the
+    same actions, as often, no longer where they happened. Unlike the no-action token this is
+    an input the model saw in training, whether or not it was trained with action dropout."""
+    actions = np.asarray(actions_BT)
+    rng = np.random.default_rng(seed)
+    order = np.stack([rng.permutation(actions.shape[1]) for _ in range(actions.shape[0])])
+    return np.take_along_axis(actions, order, axis=1)
+
+
 def action_gain(model, table, codes_BTHW, actions_BT, n_context: int):
     """Whether the model follows the actions, without sampling: float32 [B, T - n_context], per
     predicted frame of the last seq_len window (the one that ends at the clip's last frame), the
-    real frame's NLL per token with the no-action token minus with the true actions; NaN for
-    frames before that window. ~0 for a model that ignores its actions, whose rollouts cannot
-    turn where the agent turned."""
+    real frame's NLL per token with the clip's actions shuffled in time minus with the true
+    actions; NaN for frames before that window. ~0 for a model that ignores its actions, whose
+    rollouts cannot turn where the agent turned."""
     codes, actions = np.asarray(codes_BTHW, np.int32), np.asarray(actions_BT, np.int32)
     b, t = codes.shape[:2]
     window, n_cond = int(model.seq_len), int(model.n_cond)
@@ -108,7 +118,7 @@ def action_gain(model, table, codes_BTHW, actions_BT, n_context: int):
     start = t - window
     sl = slice(start, t)
     given = nll(table, codes[:, sl], actions[:, sl])
-    without = nll(table, codes[:, sl], np.full_like(actions[:, sl], -1))
+    shuffled = nll(table, codes[:, sl], shuffled_actions(actions[:, sl]))
     first = max(n_context, start + n_cond)     # NLLs cover frames start + n_cond .. t - 1
-    out[:, first - n_context:] = (without - given)[:, first - start - n_cond:]
+    out[:, first - n_context:] = (shuffled - given)[:, first - start - n_cond:]
     return out

@@ -329,7 +329,8 @@ def headline(result: dict) -> str:
                    "the model does not follow its actions (its rollouts cannot turn where the "
                    "agent turned)")
         lines.append(f"actions: the real frames' NLL per token is {use['mean']:+.4f} nats higher "
-                     f"with no actions than with the true ones, {use['level']:.0%} interval over "
+                     f"with their actions shuffled in time than with the true ones, "
+                     f"{use['level']:.0%} interval over "
                      f"{_units(use)} [{lo:+.4f}, {hi:+.4f}]: {verdict}")
     rev = result.get("revisits")
     if rev:

@@ -80,7 +80,13 @@ def sampler_spec(config, args):
     spec = SamplerSpec.from_config(config)
     changes = {k: getattr(args, k) for k in ("sampler", "temperature", "top_k", "guidance_scale")
                if getattr(args, k) is not None}
-    return spec.__class__(**{**spec.__dict__, **changes})
+    spec = spec.__class__(**{**spec.__dict__, **changes})
+    if ((spec.guided or getattr(args, "no_actions", False)) and config.get("use_actions", True)
+            and not config.get("dropout_actions", True)):
+        print("warning: this model was trained with dropout_actions=False, so it never learnt "
+              "the no-action token that --guidance_scale and --no_actions use; expect "
+              "meaningless frames", file=sys.stderr)
+    return spec
 
 
 def context_batches(stage, args, n_context: int, n_new: int):

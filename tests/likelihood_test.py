@@ -5,7 +5,7 @@ from flax import nnx
 
 import jax
 import teco  # noqa: F401  (disables eager sharding)
-from teco.likelihood import action_gain, context_nll, frame_nll
+from teco.likelihood import action_gain, context_nll, frame_nll, shuffled_actions
 from teco.models.teco import TECO
 
 VQ_CODES, VQ_DIM, GRID, WINDOW = 16, 8, (8, 8), 6
@@ -78,17 +78,21 @@ def test_bad_contexts_raise(model_and_table, n_context, short_context, message):
         context_nll(model, table, codes, actions, n_context, short_context)
 
 
-def test_action_gain_compares_the_last_window_with_and_without_actions(model_and_table):
-    """action_gain: NLL with the no-action token minus with the true actions, on the predicted
-    frames of the window that ends at the clip's last frame; 0 for a model that ignores them."""
+def test_action_gain_compares_the_last_window_with_true_and_shuffled_actions(model_and_table):
+    """action_gain: NLL with the clip's actions shuffled in time minus with the true ones, on
+    the predicted frames of the window that ends at the clip's last frame; 0 for a model that
+    ignores its actions."""
     model, table = model_and_table
     codes, actions = clip(3)
     gain = action_gain(model, table, codes, actions, n_context=4)   # window [6, 12): 7..11
     assert gain.shape == (2, 8)
     assert np.isnan(gain[:, :3]).all() and np.isfinite(gain[:, 3:]).all()
+    wrong = shuffled_actions(actions[:, 6:])
+    assert (np.sort(wrong, axis=1) == np.sort(actions[:, 6:], axis=1)).all()
+    assert (wrong != actions[:, 6:]).any()
     with_a = np.asarray(frame_nll(model, table, codes[:, 6:], actions[:, 6:]))
-    without = np.asarray(frame_nll(model, table, codes[:, 6:], np.full_like(actions[:, 6:], -1)))
-    np.testing.assert_allclose(gain[:, 3:], (without - with_a), rtol=1e-5, atol=1e-6)
+    with_wrong = np.asarray(frame_nll(model, table, codes[:, 6:], wrong))
+    np.testing.assert_allclose(gain[:, 3:], (with_wrong - with_a), rtol=1e-5, atol=1e-6)
     assert (np.abs(gain[:, 3:]) > 1e-6).any()
     blind = TECO(**{**MODEL, "use_actions": False}, rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(action_gain(blind, table, codes, actions, n_context=4)[:, 3:], 0)

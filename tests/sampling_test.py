@@ -97,3 +97,21 @@ def test_temperature_zero_on_the_command_line_is_the_configs_argmax():
     args = teco_eval.parse(["--workdir=w", "--temperature=0"])
     assert sampler_spec(config, args).temperature == 0.0
     assert sampler_spec(config, teco_eval.parse(["--workdir=w"])).temperature == 1.0
+
+
+@pytest.mark.parametrize("flags, warned", [
+    (["--guidance_scale=2"], True), (["--no_actions"], True), ([], False)])
+def test_the_no_action_token_of_a_model_trained_without_action_dropout_is_warned_of(
+        capsys, flags, warned):
+    from ml_collections import ConfigDict
+
+    from teco import eval as teco_eval
+    from teco.sample import sampler_spec
+
+    config = ConfigDict(dict(sampler="draft_revise", T_draft=8, T_revise=8, M=2, temperature=1.0,
+                             top_k=0, guidance_scale=1.0, use_actions=True, dropout_actions=False))
+    sampler_spec(config, teco_eval.parse(["--workdir=w", *flags]))
+    assert ("never learnt the no-action token" in capsys.readouterr().err) == warned
+    sampler_spec(ConfigDict(dict(config, dropout_actions=True)),
+                 teco_eval.parse(["--workdir=w", *flags]))
+    assert capsys.readouterr().err == ""

@@ -268,9 +268,8 @@ class TECO(nnx.Module):
         def decode(d, z, p, a):
             return self.decoder(d, self.decoder_input(z, p, a))
         return _flat_time(decode, deter_BTHWC, z_embeddings_BTHWC,
-                                   prev_vq_embeddings_BThwC if self.decoder_prev_frame else None,
-                                   action_emb_BTA if self.decoder_action else None
-                                   ).astype(jnp.float32)
+                          prev_vq_embeddings_BThwC if self.decoder_prev_frame else None,
+                          action_emb_BTA if self.decoder_action else None).astype(jnp.float32)
 
     def maskgit_step(self, tokens_BTHW, deter_BTHWC, prev_vq_embeddings_BThwC=None,
                      action_emb_BTA=None, *, deterministic: bool = True, dropout_key=None):
@@ -281,8 +280,8 @@ class TECO(nnx.Module):
             return self.z_git.step(y, self.prior_condition(c, p, a), deterministic=deterministic,
                                    dropout_key=dropout_key)
         return _flat_time(step, tokens_BTHW, deter_BTHWC,
-                                   prev_vq_embeddings_BThwC if self.prior_prev_frame else None,
-                                   action_emb_BTA if self.prior_action else None)
+                          prev_vq_embeddings_BThwC if self.prior_prev_frame else None,
+                          action_emb_BTA if self.prior_action else None)
 
     def lookup(self, codes):
         """TECO codes -> z embeddings (codebook lookup mode, used when sampling)."""
