@@ -32,9 +32,9 @@ PRESETS = {
     # name: data set build, stage configs and their step counts (None = the config's), rollout
     # and eval sizes, and the minutes each stage took on a 2-core CPU machine (for the ETA).
     "demo": dict(data=("memory_maze", "revisits"), vqgan="configs/memory_maze_vqgan.py",
-                 teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=900,
+                 teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=1350,
                  # a held-out evaluation every ~3 minutes is enough to watch a short run
-                 vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=300),
+                 vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=450),
                  context=36, predict=64, eval_videos=8, sample_videos=4,
                  # the same frames imagined again from only the last 8 context frames: on
                  # revisits of places seen before them, the difference is the model's memory
@@ -48,8 +48,8 @@ PRESETS = {
                  # the slowest of each stage in the two runs of 2026-12-04 afternoon and evening
                  # (41.5 and 40.1 min; the second with the previous-frame TECO), so the banner
                  # does not promise more than a slow machine keeps; TECO's from the half-width
-                 # encoder's 900 steps on 2026-12-05
-                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=12.6, sample=0.8, eval=5.4)),
+                 # encoder's 900 steps on 2026-12-05 (12.6 min), times 1,350 / 900
+                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=18.9, sample=0.8, eval=5.4)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
