@@ -241,62 +241,42 @@ def test_tiny_loss_shapes_and_metrics(tiny, tiny_batch):
                                                   + metrics["codebook_loss"]), rtol=1e-6)
 
 
-@pytest.mark.parametrize("flag", ["decoder_prev_frame", "prior_prev_frame"])
-def test_prev_frame_reads_the_frame_before_in_training(tiny_batch, flag):
+@pytest.mark.parametrize("flag", ["decoder_prev_frame", "prior_prev_frame", "decoder_action",
+                                  "prior_action"])
+def test_the_heads_read_the_frame_before_and_the_frames_action_in_training(tiny_batch, flag):
     """With decoder_prev_frame (prior_prev_frame) the decoder's (the prior's) term for frame t
-    reads the real frame t-1's VQ embeddings (not frame t's: that would be the answer)."""
+    reads the real frame t-1's VQ embeddings (not frame t's: that would be the answer); with
+    decoder_action (prior_action) the embedding of action t, the one that moves frame t-1 to t
+    (not action t+1's)."""
     codes, actions, table = tiny_batch
     g, st = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, **{flag: True}, rngs=nnx.Rngs(0))))
     st = random_state(st)
     mask = np.random.default_rng(4).random((2, 4 - TINY.get("n_cond", 1), 4, 4)) < 0.5
-    term = "recon_loss" if flag == "decoder_prev_frame" else "trans_loss"
-
-    def by_hand(s, prev_offset):
-        m = nnx.merge(g, s)
-        e = jnp.take(table, codes, axis=0)
-        cond, z_emb, z_codes, _ = m.encode(e)
-        deter = m.temporal_transformer(z_emb, m.embed_actions(actions), cond)
-        prev = e[:, m.n_cond - 1 + prev_offset:e.shape[1] - 1 + prev_offset]
-        if flag == "decoder_prev_frame":
-            return losses.recon_loss(m.decode(deter, z_emb, prev), codes[:, m.n_cond:],
-                                     m.label_smoothing)
-        logits = m.maskgit_step(jnp.where(mask, -1, z_codes), deter, prev)
-        return losses.trans_loss(logits, z_codes, mask)
-
-    _, metrics = jit(lambda s, *a: nnx.merge(g, s).loss(*a, train=False, maskgit_mask=mask))(
-        st, codes, table, actions, jax.random.key(3))
-    aligned, shifted = (float(jit(functools.partial(by_hand, prev_offset=k))(st)) for k in (0, 1))
-    np.testing.assert_allclose(float(metrics[term]), aligned, rtol=1e-5)
-    assert abs(float(metrics[term]) - shifted) > 1e-3
-
-
-@pytest.mark.parametrize("flag", ["decoder_action", "prior_action"])
-def test_head_action_reads_the_frames_own_action(tiny_batch, flag):
-    """With decoder_action (prior_action) the decoder's (the prior's) term for frame t reads the
-    embedding of action t, the one that moves frame t-1 to t (not action t+1's)."""
-    codes, actions, table = tiny_batch
-    g, st = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, **{flag: True}, rngs=nnx.Rngs(0))))
-    st = random_state(st)
-    mask = np.random.default_rng(4).random((2, 4 - TINY.get("n_cond", 1), 4, 4)) < 0.5
-    term = "recon_loss" if flag == "decoder_action" else "trans_loss"
+    decoder = flag.startswith("decoder")
 
     def by_hand(s, offset):
         m = nnx.merge(g, s)
-        cond, z_emb, z_codes, _ = m.encode(jnp.take(table, codes, axis=0))
+        e = jnp.take(table, codes, axis=0)
+        cond, z_emb, z_codes, _ = m.encode(e)
         emb = m.embed_actions(actions)
         deter = m.temporal_transformer(z_emb, emb, cond)
-        head = jnp.roll(emb, -offset, axis=1)[:, m.n_cond:]
-        if flag == "decoder_action":
-            return losses.recon_loss(m.decode(deter, z_emb, None, head), codes[:, m.n_cond:],
+        prev = action = None
+        if flag.endswith("prev_frame"):
+            prev = e[:, m.n_cond - 1 + offset:e.shape[1] - 1 + offset]
+        else:
+            action = jnp.roll(emb, -offset, axis=1)[:, m.n_cond:]
+        if decoder:
+            return losses.recon_loss(m.decode(deter, z_emb, prev, action), codes[:, m.n_cond:],
                                      m.label_smoothing)
-        logits = m.maskgit_step(jnp.where(mask, -1, z_codes), deter, None, head)
+        logits = m.maskgit_step(jnp.where(mask, -1, z_codes), deter, prev, action)
         return losses.trans_loss(logits, z_codes, mask)
 
     _, metrics = jit(lambda s, *a: nnx.merge(g, s).loss(*a, train=False, maskgit_mask=mask))(
         st, codes, table, actions, jax.random.key(3))
     aligned, shifted = (float(jit(functools.partial(by_hand, offset=k))(st)) for k in (0, 1))
-    np.testing.assert_allclose(float(metrics[term]), aligned, rtol=1e-5)
-    assert abs(float(metrics[term]) - shifted) > 1e-3
+    term = metrics["recon_loss" if decoder else "trans_loss"]
+    np.testing.assert_allclose(float(term), aligned, rtol=1e-5)
+    assert abs(float(term) - shifted) > 1e-3
 
 
 def test_tiny_shapes_and_cond_not_quantised(tiny_forward, tiny, tiny_batch):
