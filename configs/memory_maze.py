@@ -51,9 +51,10 @@ def get_config(arg=None):
     # the clips lose their actions) the 900-step model ignored them (held-out loss 0.2 lower with
     # the true actions than with them shuffled in time, of 798): its rollouts could not turn
     # where the agent turned and drew one band of the last wall in view. With both, 900 steps:
-    # 27 lower (loss 763), FVD 746 (865); 1,350 steps (the demo's; 6 more minutes): 39 lower,
-    # loss 714, PSNR 16.84 (15.71), FVD 738 (docs/demo_experiments.md, 2026-12-05). Without
-    # dropout the no-action token is untrained: no --guidance_scale or --no_actions.
+    # 27 lower (loss 763), FVD 746 (865); 1,350 steps (the demo's; 6 more minutes): loss 714,
+    # PSNR 16.49 (15.71), FVD 729, the true actions' NLL 0.64 nats per token below shuffled ones'
+    # (README, "A real run"; docs/demo_experiments.md, 2026-12-05). Without dropout the
+    # no-action token is untrained: no --guidance_scale or --no_actions.
     c.dropout_actions = False
     c.decoder_action = True
     c.prior_action = True

@@ -78,7 +78,7 @@ def validate(config, n_devices: int | None = None) -> None:
               "prior_prev_frame is True")
         for flag in ("decoder_action", "prior_action"):
             _need(not c.get(flag, False) or c.get("use_actions", True), flag,
-                  "has no effect with use_actions=False (every action is the same)")
+                  "True has no effect with use_actions=False (every action is the same)")
         _need(c.z_tfm_kwargs.embed_dim % c.z_tfm_kwargs.num_heads == 0, "z_tfm_kwargs.num_heads",
               f"{c.z_tfm_kwargs.num_heads} does not divide embed_dim {c.z_tfm_kwargs.embed_dim}")
         _need(c.z_git.tfm_kwargs.embed_dim % c.z_git.tfm_kwargs.num_heads == 0,

@@ -187,12 +187,12 @@ def teacher_forced(args) -> dict:
                                  f"the run's seq_len={config.seq_len} (teacher_forced)") from None
     if not outputs:
         raise no_clips_error(config.data, args, int(config.seq_len))
+    summary = task.eval_summary(outputs)
     return {"protocol": "teacher_forced", "num_videos": len(outputs) * args.batch_size,
             "seq_len": int(config.seq_len), "checkpoint_step": stage.step,
             "checkpoint": stage.source,
             "actions": "none (no-action token)" if args.no_actions else "given",
-            **task.eval_summary(outputs), **_action_use(task.eval_summary(outputs),
-                                                        task.eval_summary(shuffled))}
+            **summary, **_action_use(summary, task.eval_summary(shuffled))}
 
 
 def _action_use(given: dict, shuffled: dict) -> dict:
@@ -254,8 +254,7 @@ def run(args) -> dict:
     memory = PlaceMemory(context, short_context=args.memory_check,
                          window=int(stage.model.seq_len))
     world = WorldIdentity(context)
-    follows = ActionUse(context) if stage.config.get("use_actions", True) and not args.no_actions \
-        else None
+    follows = ActionUse() if stage.config.get("use_actions", True) and not args.no_actions else None
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()
@@ -353,8 +352,9 @@ def run(args) -> dict:
     identity = world.summary(n)
     if identity:
         result["world_identity"] = identity
-    if follows is not None and follows.summary(n):
-        result["action_use"] = follows.summary(n)
+    use = follows.summary(n) if follows is not None else None
+    if use:
+        result["action_use"] = use
     out.mkdir(parents=True, exist_ok=True)
     if memory.videos:
         memory.picture(out / "revisits.png",
@@ -406,12 +406,11 @@ def _mean_and_curve(parts: list, n: int) -> tuple[float | None, list]:
 
 class ActionUse:
     """Collects teco/likelihood.py's action_gain batch by batch: the real predicted frames' NLL
-    per token with the actions shuffled in time minus with the true ones, averaged with a bootstrap interval over
-    the episodes. A model that ignores its actions (about 0) cannot follow where the agent went;
-    its rollouts drift on their own."""
+    per token with the actions shuffled in time minus with the true ones, averaged with a
+    bootstrap interval over the episodes. A model that ignores its actions (about 0) cannot
+    follow where the agent went; its rollouts drift on their own."""
 
-    def __init__(self, n_context: int):
-        self.n_context = n_context
+    def __init__(self):
         self.gains, self.episodes = [], []
 
     def add(self, gain_BP: np.ndarray, episodes_B) -> None:
@@ -428,9 +427,9 @@ class ActionUse:
         if out is None:       # clips shorter than the model's window
             return None
         return {**out, "note": "the real predicted frames' NLL per token (nats) with the clip's "
-                               "actions shuffled in time minus with the true ones, teacher-forced, in "
-                               "the window of seq_len frames that ends at each clip's last frame; "
-                               "above 0: the model follows the actions"}
+                               "actions shuffled in time minus with the true ones, teacher-forced, "
+                               "in the window of seq_len frames that ends at each clip's last "
+                               "frame; above 0: the model follows the actions"}
 
 
 class PlaceMemory:

@@ -246,7 +246,8 @@ def rollout_reference(model, table, codes_BCHW, actions_BN, key, *, n_new: int,
         deter = deter_at(latents, acts, slot)
         deter_u = deter_at(latents, jnp.full_like(acts, -1), slot) if spec.guided else deter
         prev_vq = jax.lax.dynamic_index_in_dim(vq, t - 1, axis=1, keepdims=False)
-        act = model.embed_actions(jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1, keepdims=False))
+        act = model.embed_actions(
+            jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1, keepdims=False))
         act_u = model.embed_actions(jnp.full_like(actions_BN[:, 0], -1)) if spec.guided else act
         new, z_new = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
                                   prev_codes_BHW=prev_vq, action_emb_BA=act,

@@ -296,6 +296,22 @@ def test_clips_longer_than_the_videos(capsys, world, loaded):
                  r"--n_new")
 
 
+def test_teacher_forced_compares_true_and_shuffled_actions(tmp_path, world, loaded):
+    """The same workdir used right: teacher_forced reports its losses with the actions shuffled
+    in time beside the true ones (a model of zeros ignores its actions: no gain)."""
+    from teco import eval as teco_eval
+
+    out = tmp_path / "tf"
+    assert teco_eval.main([f"--workdir={world['teco']}", "--protocol=teacher_forced",
+                           "--batch_size=2", "--num_videos=2", f"--out={out}"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["action_gain"] == {"loss": 0.0, "trans_loss": 0.0, "recon_loss": 0.0}
+    assert metrics["actions_shuffled"]["loss"] == metrics["loss"]
+    assert teco_eval.main([f"--workdir={world['teco']}", "--protocol=teacher_forced",
+                           "--batch_size=2", "--num_videos=2", f"--out={out}", "--no_actions"]) == 0
+    assert "action_gain" not in json.loads((out / "metrics_no_actions.json").read_text())
+
+
 def test_codes_from_another_tokenizer(capsys, tmp_path, stage, loaded):
     """A code set written by a VQ-GAN with another grid must not reach the model."""
     for split in ("train", "test"):

@@ -57,9 +57,15 @@ def assert_trains_alike(run_a, run_b):
     (state_a, metrics_a), (state_b, metrics_b) = run_a, run_b
     for a, b in zip(metrics_a, metrics_b):
         np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-4)
-    for a, b in zip(jax.tree.leaves(jax.device_get(state_a.params)),
-                    jax.tree.leaves(jax.device_get(state_b.params))):
-        np.testing.assert_allclose(a, b, atol=2e-4, rtol=2e-3)
+    flat_b = dict(nnx.to_flat_state(jax.device_get(state_b.params)))
+    for path, a in nnx.to_flat_state(jax.device_get(state_a.params)):
+        # An attention key's bias adds q.b to every logit of a query alike, which the softmax
+        # removes: its gradient is 0 up to rounding, and Adam scales that rounding up to steps
+        # of lr's size that differ with the order of the sums.
+        if path[-2:] == ("key", "bias"):
+            continue
+        np.testing.assert_allclose(a[...], flat_b[path][...], atol=2e-4, rtol=2e-3,
+                                   err_msg=str(path))
     return state_b
 
 

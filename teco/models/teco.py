@@ -237,7 +237,8 @@ class TECO(nnx.Module):
         parts = [x_NHWC]
         if getattr(self, f"{head}_prev_frame"):
             if prev_vq_embeddings_NhwC is None:
-                raise ValueError(f"TECO: {head}_prev_frame needs the previous frame's VQ embeddings")
+                raise ValueError(f"TECO: {head}_prev_frame needs the previous frame's VQ "
+                                 f"embeddings")
             # the encoder shrinks both sides alike: one fold factor
             parts.append(space_to_depth(prev_vq_embeddings_NhwC,
                                         prev_vq_embeddings_NhwC.shape[1] // self.z_shape[0]))
@@ -253,7 +254,8 @@ class TECO(nnx.Module):
     def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None):
         """What the decoder reads beside deter: z, and with `decoder_prev_frame` the previous
         frame's VQ embeddings, with `decoder_action` the frame's action embedding."""
-        return self._head_input(z_embeddings_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, "decoder")
+        return self._head_input(z_embeddings_NHWC, prev_vq_embeddings_NhwC, action_emb_NA,
+                                "decoder")
 
     def prior_condition(self, deter_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None):
         """What the MaskGit prior is conditioned on: deter, and with `prior_prev_frame` the
