@@ -254,7 +254,8 @@ def run(args) -> dict:
     memory = PlaceMemory(context, short_context=args.memory_check,
                          window=int(stage.model.seq_len))
     world = WorldIdentity(context)
-    follows = ActionUse() if stage.config.get("use_actions", True) and not args.no_actions else None
+    follows = (likelihood.ActionUse()
+               if stage.config.get("use_actions", True) and not args.no_actions else None)
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
                unit="video")
     start = time.time()
@@ -402,34 +403,6 @@ def _mean_and_curve(parts: list, n: int) -> tuple[float | None, list]:
     JSON files stay standard JSON (no NaN)."""
     values = np.concatenate(parts)[:n]                     # [N, predict]
     return finite_mean(values), [finite_mean(column) for column in values.T]
-
-
-class ActionUse:
-    """Collects teco/likelihood.py's action_gain batch by batch: the real predicted frames' NLL
-    per token with the actions shuffled in time minus with the true ones, averaged with a
-    bootstrap interval over the episodes. A model that ignores its actions (about 0) cannot
-    follow where the agent went; its rollouts drift on their own."""
-
-    def __init__(self):
-        self.gains, self.episodes = [], []
-
-    def add(self, gain_BP: np.ndarray, episodes_B) -> None:
-        self.gains.append(np.asarray(gain_BP, np.float64))
-        self.episodes.append(np.asarray(episodes_B))
-
-    def summary(self, n: int) -> dict | None:
-        from teco.metrics.revisit import mean_interval
-
-        if not self.gains:
-            return None
-        gain = np.concatenate(self.gains)[:n]
-        out = mean_interval(gain, np.isfinite(gain), groups_N=np.concatenate(self.episodes)[:n])
-        if out is None:       # clips shorter than the model's window
-            return None
-        return {**out, "note": "the real predicted frames' NLL per token (nats) with the clip's "
-                               "actions shuffled in time minus with the true ones, teacher-forced, "
-                               "in the window of seq_len frames that ends at each clip's last "
-                               "frame; above 0: the model follows the actions"}
 
 
 class PlaceMemory:

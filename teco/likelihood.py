@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from teco.metrics.revisit import mean_interval
 from teco.models.maskgit import MASK_TOKEN
 
 
@@ -122,3 +123,29 @@ def action_gain(model, table, codes_BTHW, actions_BT, n_context: int):
     first = max(n_context, start + n_cond)     # NLLs cover frames start + n_cond .. t - 1
     out[:, first - n_context:] = (shuffled - given)[:, first - start - n_cond:]
     return out
+
+
+class ActionUse:
+    """Collects action_gain batch by batch (teco.eval): the real predicted frames' NLL per token
+    with the actions shuffled in time minus with the true ones, averaged with a bootstrap
+    interval over the episodes. A model that ignores its actions (about 0) cannot
+    follow where the agent went; its rollouts drift on their own."""
+
+    def __init__(self):
+        self.gains, self.episodes = [], []
+
+    def add(self, gain_BP: np.ndarray, episodes_B) -> None:
+        self.gains.append(np.asarray(gain_BP, np.float64))
+        self.episodes.append(np.asarray(episodes_B))
+
+    def summary(self, n: int) -> dict | None:
+        if not self.gains:
+            return None
+        gain = np.concatenate(self.gains)[:n]
+        out = mean_interval(gain, np.isfinite(gain), groups_N=np.concatenate(self.episodes)[:n])
+        if out is None:       # clips shorter than the model's window
+            return None
+        return {**out, "note": "the real predicted frames' NLL per token (nats) with the clip's "
+                               "actions shuffled in time minus with the true ones, teacher-forced, "
+                               "in the window of seq_len frames that ends at each clip's last "
+                               "frame; above 0: the model follows the actions"}
