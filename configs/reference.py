@@ -164,6 +164,13 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                         "one when it is dropped, and for guidance's unconditioned logits); "
                         "models with it cannot load the authors' checkpoints (default False) "
                         "(teco/models/teco.py prior_condition).",
+        "recall": "Not in the paper: for frame t, a query from h_t's coarse layout is matched "
+                  "(soft attention) against keys from the coarse layouts of the window's earlier "
+                  "frames (up to seq_len - 1 back: the real frames in training, the rollout's "
+                  "own in rollouts), and the decoder and the MaskGit prior read those frames' VQ "
+                  "embeddings averaged by the match, folded onto z_t's grid: a path by which a "
+                  "view seen before comes back whole; models with it cannot load the authors' "
+                  "checkpoints (default False) (teco/models/teco.py recall_frames).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

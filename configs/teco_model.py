@@ -35,6 +35,10 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     # directly, not only through h_t (what the action does to the view, on a short path).
     c.decoder_action = False
     c.prior_action = False
+    # Not in the paper: h_t picks, by a learnt match of coarse layouts, which of the window's
+    # earlier frames look like what comes, and the decoder and the prior read them (folded
+    # like the previous frame): a view seen before can come back whole.
+    c.recall = False
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

@@ -38,8 +38,12 @@ def frame_nll(model, table, codes_BTHW, actions_BT):
     actions_emb = model.embed_actions(actions_BT)
     deter = model.temporal_transformer(z_emb, actions_emb, cond)
     masked = jnp.full(z_codes.shape, MASK_TOKEN, z_codes.dtype)
+    recalled = None
+    if model.recall:
+        positions = model.n_cond + jnp.arange(deter.shape[1])
+        recalled = model.recall_in_clip(deter, vq_emb, positions)
     logits = model.maskgit_step(masked, deter, vq_emb[:, model.n_cond - 1:-1],
-                                actions_emb[:, model.n_cond:]).astype(jnp.float32)
+                                actions_emb[:, model.n_cond:], recalled).astype(jnp.float32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), z_codes[..., None], axis=-1)
     return -logp[..., 0].mean(axis=(2, 3))
 

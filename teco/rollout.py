@@ -64,20 +64,38 @@ def encoded_latent(model, table, prev_codes_BHW, codes_BHW):
     return model.codebook(u)["embeddings"].astype(jnp.float32)
 
 
+def recall_window(model, table, vq_hist_BNHW, t):
+    """`recall` for frame t of a rollout: deter -> the recalled VQ embeddings of frames
+    t - seq_len + 1 .. t - 1 (those that exist), the reach frame t's recall has in training."""
+    n = min(model.seq_len - 1, vq_hist_BNHW.shape[1])
+    start = jnp.clip(jnp.asarray(t) - n, 0, vq_hist_BNHW.shape[1] - n)
+    codes = jax.lax.dynamic_slice_in_dim(vq_hist_BNHW, start, n, axis=1)
+    past = jnp.take(table, codes.astype(jnp.int32), axis=0)
+    valid = (start + jnp.arange(n) < t)[None, None, :]
+    return lambda deter_BHWC: model.recall_frames(deter_BHWC[:, None], past, valid)[:, 0]
+
+
 def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: SamplerSpec,
                  fixed_codes_BL=None, fixed_mask_BL=None, prev_codes_BHW=None,
-                 action_emb_BA=None, action_emb_uncond_BA=None):
+                 action_emb_BA=None, action_emb_uncond_BA=None, recall_fn=None):
     """MaskGit-samples TECO codes given h_{t-1}, then decodes VQ codes (argmax); a model with
     `decoder_prev_frame` / `prior_prev_frame` also reads the previous frame's VQ codes
     `prev_codes_BHW`, one with `decoder_action` / `prior_action` the frame's action embedding
-    (`action_emb_uncond_BA`, the no-action one, beside the unconditioned h when guided)."""
+    (`action_emb_uncond_BA`, the no-action one, beside the unconditioned h when guided), one
+    with `recall` what `recall_fn` (recall_window) recalls for h (and for the unconditioned h)."""
     b = deter_BHWC.shape[0]
     zh, zw = model.z_shape
     prev = None
     if model.reads_prev_frame:
         prev = jnp.take(table, prev_codes_BHW.astype(jnp.int32), axis=0)
-    cond = model.prior_condition(deter_BHWC, prev, action_emb_BA)
-    cond_u = (model.prior_condition(deter_uncond_BHWC, prev, action_emb_uncond_BA)
+    recalled = recalled_u = None
+    if model.recall:
+        if recall_fn is None:
+            raise ValueError("decode_frame: a model with recall needs recall_fn (recall_window)")
+        recalled = recall_fn(deter_BHWC)
+        recalled_u = recall_fn(deter_uncond_BHWC) if spec.guided else recalled
+    cond = model.prior_condition(deter_BHWC, prev, action_emb_BA, recalled)
+    cond_u = (model.prior_condition(deter_uncond_BHWC, prev, action_emb_uncond_BA, recalled_u)
               if spec.guided else cond)
 
     def logits_fn(tokens_BL):
@@ -101,7 +119,7 @@ def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: Sampler
     else:
         raise ValueError(f"sampler must be 'draft_revise' or 'confidence', got {spec.sampler!r}")
     z = model.lookup(codes.reshape(b, zh, zw))
-    vq_logits = model.decoder(deter_BHWC, model.decoder_input(z, prev, action_emb_BA))
+    vq_logits = model.decoder(deter_BHWC, model.decoder_input(z, prev, action_emb_BA, recalled))
     return jnp.argmax(vq_logits, axis=-1).astype(jnp.int32), z
 
 
@@ -193,8 +211,10 @@ def rollout(model, table, codes_BCHW, actions_BN, key, *, n_new: int, spec: Samp
         fc = jax.lax.dynamic_index_in_dim(fixed_codes, i, axis=1, keepdims=False)
         fm = jax.lax.dynamic_index_in_dim(fixed_mask, i, axis=1, keepdims=False)
         prev_vq = jax.lax.dynamic_index_in_dim(vq_hist, t - 1, axis=1, keepdims=False)
+        recall_fn = recall_window(model, table, vq_hist, t) if model.recall else None
         vq, z = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
-                             fc.reshape(b, -1), fm.reshape(b, -1), prev_vq, act, act_u)
+                             fc.reshape(b, -1), fm.reshape(b, -1), prev_vq, act, act_u,
+                             recall_fn)
         z_hist = jax.lax.dynamic_update_index_in_dim(z_hist, z.astype(jnp.float32), t, axis=1)
         if slides:
             enc = encoded_latent(model, table, prev_vq, vq)
@@ -249,9 +269,10 @@ def rollout_reference(model, table, codes_BCHW, actions_BN, key, *, n_new: int,
         act = model.embed_actions(
             jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1, keepdims=False))
         act_u = model.embed_actions(jnp.full_like(actions_BN[:, 0], -1)) if spec.guided else act
+        recall_fn = recall_window(model, table, vq[:, :total], t) if model.recall else None
         new, z_new = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
                                   prev_codes_BHW=prev_vq, action_emb_BA=act,
-                                  action_emb_uncond_BA=act_u)
+                                  action_emb_uncond_BA=act_u, recall_fn=recall_fn)
         return (jax.lax.dynamic_update_index_in_dim(vq, new, t, axis=1),
                 jax.lax.dynamic_update_index_in_dim(z, z_new.astype(jnp.float32), t, axis=1))
 

@@ -109,6 +109,30 @@ def test_reading_the_action_in_the_heads_rolls_out_like_the_reference():
             fn(jnp.zeros((2, *model.z_shape, 8)), jnp.zeros((2, *GRID, VQ_DIM)))
 
 
+def test_recall_rolls_out_like_the_reference_from_the_frames_in_reach():
+    """recall: both paths (guided too, past the window) feed the decoder and the prior the same
+    recalled frames; frame t recalls from frames t - seq_len + 1 .. t - 1 only, as in training."""
+    model, table = small_model(recall=True, prior_prev_frame=True)
+    folded = 2 * 2 * VQ_DIM
+    assert model.decoder.conv_in.kernel.shape[2] == 2 * 8 + folded          # deter + z + recalled
+    assert model.z_git.net.fc_in.kernel.shape[0] == 8 + 8 + 2 * folded      # + prev + recalled
+    for guidance in (1.0, 2.0):
+        spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=guidance)
+        got, want, _ = run_both(model, table, 2, 6, spec)
+        np.testing.assert_array_equal(got, want)
+    hist = jnp.asarray(np.random.default_rng(1).integers(0, VQ_CODES, (2, 8, *GRID)), jnp.int32)
+    deter = jax.random.normal(jax.random.key(2), (2, *model.z_shape, 8))
+    t = 5   # seq_len 4: frames 2, 3, 4 are in reach
+    base = rollout.recall_window(model, table, hist, t)(deter)
+    assert base.shape == (2, *model.z_shape, folded)
+    for frame, in_reach in ((1, False), (2, True), (4, True), (5, False), (7, False)):
+        changed = hist.at[:, frame].set((hist[:, frame] + 1) % VQ_CODES)
+        moved = not np.allclose(rollout.recall_window(model, table, changed, t)(deter), base)
+        assert moved == in_reach, frame
+    with pytest.raises(ValueError, match="recall needs the recalled frames"):
+        model.decoder_input(jnp.zeros((2, *model.z_shape, 8)))
+
+
 def test_fixed_tokens_are_kept(model_and_table):
     model, table = model_and_table
     codes, actions = inputs(2, 2, 3)

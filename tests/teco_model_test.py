@@ -242,12 +242,12 @@ def test_tiny_loss_shapes_and_metrics(tiny, tiny_batch):
 
 
 @pytest.mark.parametrize("flag", ["decoder_prev_frame", "prior_prev_frame", "decoder_action",
-                                  "prior_action"])
+                                  "prior_action", "recall"])
 def test_the_heads_read_the_frame_before_and_the_frames_action_in_training(tiny_batch, flag):
     """With decoder_prev_frame (prior_prev_frame) the decoder's (the prior's) term for frame t
     reads the real frame t-1's VQ embeddings (not frame t's: that would be the answer); with
     decoder_action (prior_action) the embedding of action t, the one that moves frame t-1 to t
-    (not action t+1's)."""
+    (not action t+1's); with recall (the prior's term here) frames before t only."""
     codes, actions, table = tiny_batch
     g, st = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, **{flag: True}, rngs=nnx.Rngs(0))))
     st = random_state(st)
@@ -260,15 +260,17 @@ def test_the_heads_read_the_frame_before_and_the_frames_action_in_training(tiny_
         cond, z_emb, z_codes, _ = m.encode(e)
         emb = m.embed_actions(actions)
         deter = m.temporal_transformer(z_emb, emb, cond)
-        prev = action = None
+        prev = action = recalled = None
         if flag.endswith("prev_frame"):
             prev = e[:, m.n_cond - 1 + offset:e.shape[1] - 1 + offset]
+        elif flag == "recall":   # offset 1: frame t itself among what it may recall
+            recalled = m.recall_in_clip(deter, e, m.n_cond + offset + jnp.arange(deter.shape[1]))
         else:
             action = jnp.roll(emb, -offset, axis=1)[:, m.n_cond:]
         if decoder:
             return losses.recon_loss(m.decode(deter, z_emb, prev, action), codes[:, m.n_cond:],
                                      m.label_smoothing)
-        logits = m.maskgit_step(jnp.where(mask, -1, z_codes), deter, prev, action)
+        logits = m.maskgit_step(jnp.where(mask, -1, z_codes), deter, prev, action, recalled)
         return losses.trans_loss(logits, z_codes, mask)
 
     _, metrics = jit(lambda s, *a: nnx.merge(g, s).loss(*a, train=False, maskgit_mask=mask))(

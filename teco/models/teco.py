@@ -58,6 +58,19 @@ def _flat_time(fn, *xs):
     return out.reshape(b, t, *out.shape[1:])
 
 
+# Recall reads frames as a coarse RECALL_GRID x RECALL_GRID layout (its query and keys) and
+# matches them in RECALL_DIM dimensions.
+RECALL_GRID = 2
+RECALL_DIM = 64
+
+
+def _pooled_grid(x_BTHWC, g: int):
+    """Mean over g x g blocks of the frame, flattened: [B, T, H, W, C] -> [B, T, g * g * C]."""
+    b, t, h, w, c = x_BTHWC.shape
+    x = x_BTHWC.astype(jnp.float32).reshape(b, t, g, h // g, g, w // g, c)
+    return x.mean(axis=(3, 5)).reshape(b, t, g * g * c)
+
+
 class TECO(nnx.Module):
     """Posterior encoder + codebook, temporal transformer, decoder and MaskGit prior (`z_git`).
 
@@ -80,7 +93,8 @@ class TECO(nnx.Module):
                  label_smoothing: float = 0.01, dtype=jnp.float32, remat: bool = False,
                  encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
                  prior_prev_frame: bool = False, prev_frame_noise: float = 0.0,
-                 decoder_action: bool = False, prior_action: bool = False, rngs: nnx.Rngs):
+                 decoder_action: bool = False, prior_action: bool = False,
+                 recall: bool = False, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -138,13 +152,26 @@ class TECO(nnx.Module):
         # prior directly, not only through h_t (a short path for what the action does).
         self.decoder_action, self.prior_action = bool(decoder_action), bool(prior_action)
         prev_features = (h // z_h) * (w // z_w) * vq_embedding_dim
+        # Recall: frame t's h_t asks which of the window's earlier frames (up to seq_len - 1
+        # back) looks like what comes, and the decoder and the prior read those frames' VQ
+        # embeddings, averaged by the match and folded like the previous frame's: a path by
+        # which a view seen before can come back whole, past the temporal transformer's one
+        # token per frame.
+        self.recall = bool(recall)
+        if self.recall:
+            if z_h % RECALL_GRID or z_w % RECALL_GRID or h % RECALL_GRID or w % RECALL_GRID:
+                raise ValueError(f"TECO: recall pools frames to a {RECALL_GRID}x{RECALL_GRID} grid; "
+                                 f"z {z_h}x{z_w} and the VQ latent {h}x{w} must divide by it")
+            self.recall_query = Dense(RECALL_GRID ** 2 * embedding_dim, RECALL_DIM, rngs=rngs)
+            self.recall_key = Dense(RECALL_GRID ** 2 * vq_embedding_dim, RECALL_DIM, rngs=rngs)
+        recall_features = prev_features * self.recall
         self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame
-                                     + action_embed_dim * self.decoder_action,
+                                     + recall_features + action_embed_dim * self.decoder_action,
                                      decoder_depths, decoder_blocks, vq_n_codes, dtype=dtype,
                                      rngs=rngs)
         self.z_git = MaskGit(n_codes, git_vocab_dim,
                              embedding_dim + prev_features * prior_prev_frame
-                             + action_embed_dim * self.prior_action,
+                             + recall_features + action_embed_dim * self.prior_action,
                              self.z_shape,
                              embed_dim=git_embed_dim, mlp_dim=git_mlp_dim, num_heads=git_num_heads,
                              num_layers=git_num_layers, dropout=git_dropout,
@@ -230,18 +257,25 @@ class TECO(nnx.Module):
     def heads_read_action(self) -> bool:
         return self.decoder_action or self.prior_action
 
-    def _head_input(self, x_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, head: str):
-        """concat(x, the previous frame's VQ embeddings folded onto z's grid, frame t's action
-        embedding broadcast over it), each part only when `<head>_prev_frame` / `<head>_action`
-        is on (head: 'decoder' or 'prior')."""
+    def _fold(self, vq_embeddings_NhwC):
+        """VQ embeddings onto z's grid, space-to-depth (the encoder shrinks both sides alike)."""
+        return space_to_depth(vq_embeddings_NhwC, vq_embeddings_NhwC.shape[1] // self.z_shape[0])
+
+    def _head_input(self, x_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, head: str,
+                    recalled_NHWC=None):
+        """concat(x, the previous frame's VQ embeddings folded onto z's grid, the recalled ones,
+        frame t's action embedding broadcast over it), each part only when `<head>_prev_frame` /
+        `recall` / `<head>_action` is on (head: 'decoder' or 'prior')."""
         parts = [x_NHWC]
         if getattr(self, f"{head}_prev_frame"):
             if prev_vq_embeddings_NhwC is None:
                 raise ValueError(f"TECO: {head}_prev_frame needs the previous frame's VQ "
                                  f"embeddings")
-            # the encoder shrinks both sides alike: one fold factor
-            parts.append(space_to_depth(prev_vq_embeddings_NhwC,
-                                        prev_vq_embeddings_NhwC.shape[1] // self.z_shape[0]))
+            parts.append(self._fold(prev_vq_embeddings_NhwC))
+        if self.recall:
+            if recalled_NHWC is None:
+                raise ValueError("TECO: recall needs the recalled frames (recall_frames)")
+            parts.append(recalled_NHWC)
         if getattr(self, f"{head}_action"):
             if action_emb_NA is None:
                 raise ValueError(f"TECO: {head}_action needs the frame's action embedding")
@@ -251,39 +285,68 @@ class TECO(nnx.Module):
             return x_NHWC
         return jnp.concatenate([p.astype(x_NHWC.dtype) for p in parts], axis=-1)
 
-    def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None):
+    def decoder_input(self, z_embeddings_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None,
+                      recalled_NHWC=None):
         """What the decoder reads beside deter: z, and with `decoder_prev_frame` the previous
-        frame's VQ embeddings, with `decoder_action` the frame's action embedding."""
+        frame's VQ embeddings, with `recall` the recalled ones, with `decoder_action` the
+        frame's action embedding."""
         return self._head_input(z_embeddings_NHWC, prev_vq_embeddings_NhwC, action_emb_NA,
-                                "decoder")
+                                "decoder", recalled_NHWC)
 
-    def prior_condition(self, deter_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None):
+    def prior_condition(self, deter_NHWC, prev_vq_embeddings_NhwC=None, action_emb_NA=None,
+                        recalled_NHWC=None):
         """What the MaskGit prior is conditioned on: deter, and with `prior_prev_frame` the
-        previous frame's VQ embeddings, with `prior_action` the frame's action embedding."""
-        return self._head_input(deter_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, "prior")
+        previous frame's VQ embeddings, with `recall` the recalled ones, with `prior_action` the
+        frame's action embedding."""
+        return self._head_input(deter_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, "prior",
+                                recalled_NHWC)
+
+    def recall_frames(self, deter_BQHWC, past_vq_embeddings_BShwC, valid_BQS):
+        """With `recall`: for each of Q frames, its deter's match against S earlier frames (soft
+        attention of a query from deter's coarse layout over keys from the frames' coarse
+        layout, over the frames `valid_BQS` allows) -> their VQ embeddings folded onto z's grid,
+        averaged by it: [B, Q, z_h, z_w, (h / z_h) * (w / z_w) * C_vq] float32."""
+        q = self.recall_query(_pooled_grid(deter_BQHWC, RECALL_GRID))
+        k = self.recall_key(_pooled_grid(past_vq_embeddings_BShwC, RECALL_GRID))
+        logits = jnp.einsum("bqk,bsk->bqs", q.astype(jnp.float32), k.astype(jnp.float32))
+        # a finite floor: a row with no frame allowed gives zeros, not NaN
+        logits = jnp.where(valid_BQS, logits / RECALL_DIM ** 0.5, -1e30)
+        weights = jax.nn.softmax(logits, axis=-1) * valid_BQS
+        folded = _flat_time(self._fold, past_vq_embeddings_BShwC.astype(jnp.float32))
+        return jnp.einsum("bqs,bshwf->bqhwf", weights, folded)
+
+    def recall_in_clip(self, deter_BQHWC, vq_embeddings_BTHWC, positions_Q):
+        """recall_frames for the clip's frames at `positions_Q`, each from the clip's frames
+        before it (training and the likelihood probe; a clip is one seq_len window)."""
+        t = vq_embeddings_BTHWC.shape[1]
+        valid = jnp.arange(t)[None, None, :] < jnp.asarray(positions_Q)[None, :, None]
+        return self.recall_frames(deter_BQHWC, vq_embeddings_BTHWC, valid)
 
     def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None,
-               action_emb_BTA=None):
+               action_emb_BTA=None, recalled_BTHWC=None):
         """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently (with
-        `decoder_prev_frame`, given its predecessor's VQ embeddings; with `decoder_action`, its
-        action embedding)."""
-        def decode(d, z, p, a):
-            return self.decoder(d, self.decoder_input(z, p, a))
+        `decoder_prev_frame`, given its predecessor's VQ embeddings; with `recall`, the recalled
+        ones; with `decoder_action`, its action embedding)."""
+        def decode(d, z, p, a, r):
+            return self.decoder(d, self.decoder_input(z, p, a, r))
         return _flat_time(decode, deter_BTHWC, z_embeddings_BTHWC,
                           prev_vq_embeddings_BThwC if self.decoder_prev_frame else None,
-                          action_emb_BTA if self.decoder_action else None).astype(jnp.float32)
+                          action_emb_BTA if self.decoder_action else None,
+                          recalled_BTHWC if self.recall else None).astype(jnp.float32)
 
     def maskgit_step(self, tokens_BTHW, deter_BTHWC, prev_vq_embeddings_BThwC=None,
-                     action_emb_BTA=None, *, deterministic: bool = True, dropout_key=None):
+                     action_emb_BTA=None, recalled_BTHWC=None, *, deterministic: bool = True,
+                     dropout_key=None):
         """MaskGit logits [B, T, z_h, z_w, n_codes] for codes (-1 = MASK) given deter (and with
-        `prior_prev_frame` the previous frame's VQ embeddings, with `prior_action` the frame's
-        action embedding), per frame."""
-        def step(y, c, p, a):
-            return self.z_git.step(y, self.prior_condition(c, p, a), deterministic=deterministic,
-                                   dropout_key=dropout_key)
+        `prior_prev_frame` the previous frame's VQ embeddings, with `recall` the recalled ones,
+        with `prior_action` the frame's action embedding), per frame."""
+        def step(y, c, p, a, r):
+            return self.z_git.step(y, self.prior_condition(c, p, a, r),
+                                   deterministic=deterministic, dropout_key=dropout_key)
         return _flat_time(step, tokens_BTHW, deter_BTHWC,
                           prev_vq_embeddings_BThwC if self.prior_prev_frame else None,
-                          action_emb_BTA if self.prior_action else None)
+                          action_emb_BTA if self.prior_action else None,
+                          recalled_BTHWC if self.recall else None)
 
     def lookup(self, codes):
         """TECO codes -> z embeddings (codebook lookup mode, used when sampling)."""
@@ -326,6 +389,7 @@ class TECO(nnx.Module):
             prev_emb = jnp.take(table, prev_codes, axis=0)
         # frame t's own action (the one that moves t-1 to t), for decoder_action / prior_action
         head_actions = actions_emb[:, self.n_cond:] if self.heads_read_action else None
+        idx = jnp.arange(t - self.n_cond)
         if train and self.drop_loss_rate > 0.0:
             idx = losses.drop_loss_indices(k_drop, t - self.n_cond, self.drop_loss_rate)
             deter, z_emb, z_codes, labels = (jnp.take(x, idx, axis=1)
@@ -334,6 +398,8 @@ class TECO(nnx.Module):
                 prev_emb = jnp.take(prev_emb, idx, axis=1)
             if head_actions is not None:
                 head_actions = jnp.take(head_actions, idx, axis=1)
+        recalled = (self.recall_in_clip(deter, vq_emb, self.n_cond + idx) if self.recall
+                    else None)
         n_sel = deter.shape[1]
         if maskgit_mask is None:
             mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
@@ -343,8 +409,9 @@ class TECO(nnx.Module):
                 raise ValueError(f"TECO.loss: maskgit_mask shape {maskgit_mask.shape} != {z_codes.shape}")
             mask = maskgit_mask.astype(bool)
         git_logits = self.maskgit_step(jnp.where(mask, MASK_TOKEN, z_codes), deter, prev_emb,
-                                       head_actions, deterministic=not train, dropout_key=k_git)
-        recon_logits = self.decode(deter, z_emb, prev_emb, head_actions)
+                                       head_actions, recalled, deterministic=not train,
+                                       dropout_key=k_git)
+        recon_logits = self.decode(deter, z_emb, prev_emb, head_actions, recalled)
         recon = losses.recon_loss(recon_logits, labels, self.label_smoothing)
         trans = losses.trans_loss(git_logits, z_codes, mask)
         total = recon + trans + vq["commitment_loss"] + vq["codebook_loss"]
@@ -383,7 +450,8 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         prior_prev_frame=config.get("prior_prev_frame", False),
         prev_frame_noise=config.get("prev_frame_noise", 0.0),
         decoder_action=config.get("decoder_action", False),
-        prior_action=config.get("prior_action", False), rngs=rngs)
+        prior_action=config.get("prior_action", False), recall=config.get("recall", False),
+        rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
