@@ -171,6 +171,11 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                   "embeddings averaged by the match, folded onto z_t's grid: a path by which a "
                   "view seen before comes back whole; models with it cannot load the authors' "
                   "checkpoints (default False) (teco/models/teco.py recall_frames).",
+        "recall_loss_weight": "With recall: weight of the loss 1 - cos(query of h_t, key of frame "
+                              "t), the key held still, which teaches the query what the coming "
+                              "frame will look like, so that it recalls the earlier frames that "
+                              "look like it (added to the total; default 10) (teco/models/teco.py "
+                              "loss).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

@@ -39,6 +39,8 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     # earlier frames look like what comes, and the decoder and the prior read them (folded
     # like the previous frame): a view seen before can come back whole.
     c.recall = False
+    # With recall: weight of the loss that teaches h_t's query the coming frame's key.
+    c.recall_loss_weight = 10.0
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

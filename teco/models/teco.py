@@ -62,6 +62,12 @@ def _flat_time(fn, *xs):
 # matches them in RECALL_DIM dimensions.
 RECALL_GRID = 2
 RECALL_DIM = 64
+RECALL_SHARPNESS = 10.0   # initial scale of the cosine match
+
+
+def _unit(x):
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
 
 
 def _pooled_grid(x_BTHWC, g: int):
@@ -94,7 +100,7 @@ class TECO(nnx.Module):
                  encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
                  prior_prev_frame: bool = False, prev_frame_noise: float = 0.0,
                  decoder_action: bool = False, prior_action: bool = False,
-                 recall: bool = False, rngs: nnx.Rngs):
+                 recall: bool = False, recall_loss_weight: float = 10.0, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -158,12 +164,18 @@ class TECO(nnx.Module):
         # which a view seen before can come back whole, past the temporal transformer's one
         # token per frame.
         self.recall = bool(recall)
+        self.recall_loss_weight = float(recall_loss_weight)
         if self.recall:
             if z_h % RECALL_GRID or z_w % RECALL_GRID or h % RECALL_GRID or w % RECALL_GRID:
                 raise ValueError(f"TECO: recall pools frames to a {RECALL_GRID}x{RECALL_GRID} grid; "
                                  f"z {z_h}x{z_w} and the VQ latent {h}x{w} must divide by it")
             self.recall_query = Dense(RECALL_GRID ** 2 * embedding_dim, RECALL_DIM, rngs=rngs)
             self.recall_key = Dense(RECALL_GRID ** 2 * vq_embedding_dim, RECALL_DIM, rngs=rngs)
+            # Cosine match times a learnt sharpness: raw dot products of pooled embeddings start
+            # so small that the match stays uniform (a plain average of the past) for
+            # thousands of steps; at 10 random directions already differ by ~1 in the logits.
+            self.recall_sharpness = param(
+                rngs, lambda key, shape, dtype: jnp.full(shape, RECALL_SHARPNESS, dtype), (), ())
         recall_features = prev_features * self.recall
         self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame
                                      + recall_features + action_embed_dim * self.decoder_action,
@@ -301,16 +313,23 @@ class TECO(nnx.Module):
         return self._head_input(deter_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, "prior",
                                 recalled_NHWC)
 
+    def recall_queries(self, deter_BQHWC):
+        """Unit queries [B, Q, RECALL_DIM] from deter's coarse layout."""
+        return _unit(self.recall_query(_pooled_grid(deter_BQHWC, RECALL_GRID)))
+
+    def recall_keys(self, vq_embeddings_BShwC):
+        """Unit keys [B, S, RECALL_DIM] from the frames' coarse layout."""
+        return _unit(self.recall_key(_pooled_grid(vq_embeddings_BShwC, RECALL_GRID)))
+
     def recall_frames(self, deter_BQHWC, past_vq_embeddings_BShwC, valid_BQS):
         """With `recall`: for each of Q frames, its deter's match against S earlier frames (soft
         attention of a query from deter's coarse layout over keys from the frames' coarse
-        layout, over the frames `valid_BQS` allows) -> their VQ embeddings folded onto z's grid,
+        layout, cosine times a learnt sharpness, over the frames `valid_BQS` allows) -> their VQ embeddings folded onto z's grid,
         averaged by it: [B, Q, z_h, z_w, (h / z_h) * (w / z_w) * C_vq] float32."""
-        q = self.recall_query(_pooled_grid(deter_BQHWC, RECALL_GRID))
-        k = self.recall_key(_pooled_grid(past_vq_embeddings_BShwC, RECALL_GRID))
-        logits = jnp.einsum("bqk,bsk->bqs", q.astype(jnp.float32), k.astype(jnp.float32))
+        q, k = self.recall_queries(deter_BQHWC), self.recall_keys(past_vq_embeddings_BShwC)
+        logits = jnp.einsum("bqk,bsk->bqs", q, k) * self.recall_sharpness[...]
         # a finite floor: a row with no frame allowed gives zeros, not NaN
-        logits = jnp.where(valid_BQS, logits / RECALL_DIM ** 0.5, -1e30)
+        logits = jnp.where(valid_BQS, logits, -1e30)
         weights = jax.nn.softmax(logits, axis=-1) * valid_BQS
         folded = _flat_time(self._fold, past_vq_embeddings_BShwC.astype(jnp.float32))
         return jnp.einsum("bqs,bshwf->bqhwf", weights, folded)
@@ -398,8 +417,16 @@ class TECO(nnx.Module):
                 prev_emb = jnp.take(prev_emb, idx, axis=1)
             if head_actions is not None:
                 head_actions = jnp.take(head_actions, idx, axis=1)
-        recalled = (self.recall_in_clip(deter, vq_emb, self.n_cond + idx) if self.recall
-                    else None)
+        recalled = recall_loss = None
+        if self.recall:
+            recalled = self.recall_in_clip(deter, vq_emb, self.n_cond + idx)
+            # The query learns to point at what frame t will look like (its key, held still):
+            # matched against the earlier frames it then recalls the ones that look like it.
+            # Learnt from the heads' losses alone the match stayed uniform (an average of the
+            # past) for the demo's hundreds of steps (docs/demo_experiments.md).
+            target = jax.lax.stop_gradient(
+                jnp.take(self.recall_keys(vq_emb), self.n_cond + idx, axis=1))
+            recall_loss = jnp.mean(1.0 - jnp.sum(self.recall_queries(deter) * target, axis=-1))
         n_sel = deter.shape[1]
         if maskgit_mask is None:
             mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
@@ -415,11 +442,15 @@ class TECO(nnx.Module):
         recon = losses.recon_loss(recon_logits, labels, self.label_smoothing)
         trans = losses.trans_loss(git_logits, z_codes, mask)
         total = recon + trans + vq["commitment_loss"] + vq["codebook_loss"]
+        if recall_loss is not None:
+            total = total + self.recall_loss_weight * recall_loss
         metrics = dict(loss=total, recon_loss=recon, trans_loss=trans,
                        commitment_loss=vq["commitment_loss"], codebook_loss=vq["codebook_loss"],
                        perplexity=vq["perplexity"],
                        recon_acc=losses.accuracy(recon_logits, labels),
                        prior_acc=losses.accuracy(git_logits, z_codes, mask))
+        if recall_loss is not None:
+            metrics["recall_loss"] = recall_loss
         return total, metrics
 
 
@@ -451,6 +482,7 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         prev_frame_noise=config.get("prev_frame_noise", 0.0),
         decoder_action=config.get("decoder_action", False),
         prior_action=config.get("prior_action", False), recall=config.get("recall", False),
+        recall_loss_weight=config.get("recall_loss_weight", 10.0),
         rngs=rngs)
 
 
