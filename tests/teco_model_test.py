@@ -281,6 +281,33 @@ def test_the_heads_read_the_frame_before_and_the_frames_action_in_training(tiny_
     assert abs(float(term) - shifted) > 1e-3
 
 
+def test_the_recall_loss_teaches_the_query_the_coming_frames_key(tiny_batch):
+    """recall: the loss adds weight * mean(1 - cos(query of h_t, key of frame t)); the key is
+    held still (no gradient reaches recall_key through it), the query learns."""
+    codes, actions, table = tiny_batch
+    g, st = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, recall=True, recall_loss_weight=2.0,
+                                                  rngs=nnx.Rngs(0))))
+    st = random_state(st)
+    key = jax.random.key(3)
+
+    def loss(s):
+        return nnx.merge(g, s).loss(codes, table, actions, key, train=False)
+
+    total, metrics = jit(loss)(st)
+    m = nnx.merge(g, st)
+    e = jnp.take(table, codes, axis=0)
+    cond, z_emb, _, _ = m.encode(e)
+    deter = m.temporal_transformer(z_emb, m.embed_actions(actions), cond)
+    cos = jnp.sum(m.recall_queries(deter) * m.recall_keys(e)[:, m.n_cond:], axis=-1)
+    np.testing.assert_allclose(float(metrics["recall_loss"]), float(jnp.mean(1 - cos)), rtol=1e-5)
+    rest = sum(float(metrics[k]) for k in ("recon_loss", "trans_loss", "commitment_loss",
+                                           "codebook_loss"))
+    np.testing.assert_allclose(float(total), rest + 2.0 * float(metrics["recall_loss"]), rtol=1e-5)
+    grads = jax.grad(lambda s: loss(s)[1]["recall_loss"])(st)
+    assert not np.any(np.asarray(grads["recall_key"]["kernel"][...]))
+    assert np.any(np.asarray(grads["recall_query"]["kernel"][...]))
+
+
 def test_tiny_shapes_and_cond_not_quantised(tiny_forward, tiny, tiny_batch):
     out = tiny_forward(tiny[1], *tiny_batch)
     assert out["deter"].shape == (2, 3, 4, 4, 8) and out["cond"].shape == (2, 1, 4, 4, 8)
