@@ -282,8 +282,14 @@ def test_the_heads_read_the_frame_before_and_the_frames_action_in_training(tiny_
 
 
 def test_the_recall_loss_teaches_the_query_the_coming_frames_key(tiny_batch):
-    """recall: the loss adds weight * mean(1 - cos(query of h_t, key of frame t)); the key is
-    held still (no gradient reaches recall_key through it), the query learns."""
+    """recall: the loss adds weight * mean(1 - cos(query of h_t, key of frame t, centred on the
+    frames before t)); the key is held still (no gradient reaches recall_key through it), the
+    query learns."""
+    from teco.models.teco import RECALL_GRID, _pooled_grid
+
+    def m_pooled(x):
+        return _pooled_grid(x, RECALL_GRID)
+
     codes, actions, table = tiny_batch
     g, st = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, recall=True, recall_loss_weight=2.0,
                                                   rngs=nnx.Rngs(0))))
@@ -298,7 +304,12 @@ def test_the_recall_loss_teaches_the_query_the_coming_frames_key(tiny_batch):
     e = jnp.take(table, codes, axis=0)
     cond, z_emb, _, _ = m.encode(e)
     deter = m.temporal_transformer(z_emb, m.embed_actions(actions), cond)
-    cos = jnp.sum(m.recall_queries(deter) * m.recall_keys(e)[:, m.n_cond:], axis=-1)
+    raw = m.recall_key(m_pooled(e)).astype(jnp.float32)          # [B, T, K]
+    targets = []
+    for p in range(m.n_cond, e.shape[1]):        # frame p's key, centred on frames < p
+        k = raw[:, p] - raw[:, :p].mean(axis=1)
+        targets.append(k / jnp.linalg.norm(k, axis=-1, keepdims=True))
+    cos = jnp.sum(m.recall_queries(deter) * jnp.stack(targets, axis=1), axis=-1)
     np.testing.assert_allclose(float(metrics["recall_loss"]), float(jnp.mean(1 - cos)), rtol=1e-5)
     rest = sum(float(metrics[k]) for k in ("recon_loss", "trans_loss", "commitment_loss",
                                            "codebook_loss"))

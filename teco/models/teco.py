@@ -317,28 +317,40 @@ class TECO(nnx.Module):
         """Unit queries [B, Q, RECALL_DIM] from deter's coarse layout."""
         return _unit(self.recall_query(_pooled_grid(deter_BQHWC, RECALL_GRID)))
 
-    def recall_keys(self, vq_embeddings_BShwC):
-        """Unit keys [B, S, RECALL_DIM] from the frames' coarse layout."""
-        return _unit(self.recall_key(_pooled_grid(vq_embeddings_BShwC, RECALL_GRID)))
+    def recall_keys(self, vq_embeddings_BShwC, valid_BQS):
+        """Keys [B, Q, S, RECALL_DIM] from the frames' coarse layout, for each query less the
+        mean over the frames it may recall, then unit: every frame of a maze shares most of
+        its look (raw keys of a clip agree to a cosine of 0.99), and what tells views apart is
+        what differs from the recent past."""
+        k = self.recall_key(_pooled_grid(vq_embeddings_BShwC, RECALL_GRID)).astype(jnp.float32)
+        valid = valid_BQS.astype(jnp.float32)
+        mean = (jnp.einsum("bqs,bsk->bqk", valid, k)
+                / jnp.maximum(valid.sum(-1), 1.0)[..., None])
+        return _unit(k[:, None] - mean[:, :, None])
 
     def recall_frames(self, deter_BQHWC, past_vq_embeddings_BShwC, valid_BQS):
         """With `recall`: for each of Q frames, its deter's match against S earlier frames (soft
         attention of a query from deter's coarse layout over keys from the frames' coarse
-        layout, cosine times a learnt sharpness, over the frames `valid_BQS` allows) -> their VQ embeddings folded onto z's grid,
-        averaged by it: [B, Q, z_h, z_w, (h / z_h) * (w / z_w) * C_vq] float32."""
-        q, k = self.recall_queries(deter_BQHWC), self.recall_keys(past_vq_embeddings_BShwC)
-        logits = jnp.einsum("bqk,bsk->bqs", q, k) * self.recall_sharpness[...]
+        layout, cosine times a learnt sharpness, over the frames `valid_BQS` allows) -> their
+        VQ embeddings folded onto z's grid, averaged by it:
+        [B, Q, z_h, z_w, (h / z_h) * (w / z_w) * C_vq] float32."""
+        q = self.recall_queries(deter_BQHWC)
+        k = self.recall_keys(past_vq_embeddings_BShwC, valid_BQS)
+        logits = jnp.einsum("bqk,bqsk->bqs", q, k) * self.recall_sharpness[...]
         # a finite floor: a row with no frame allowed gives zeros, not NaN
         logits = jnp.where(valid_BQS, logits, -1e30)
         weights = jax.nn.softmax(logits, axis=-1) * valid_BQS
         folded = _flat_time(self._fold, past_vq_embeddings_BShwC.astype(jnp.float32))
         return jnp.einsum("bqs,bshwf->bqhwf", weights, folded)
 
+    def _recall_valid(self, t: int, positions_Q):
+        """[1, Q, t]: frame s of a clip may be recalled by the frame at position p if s < p."""
+        return jnp.arange(t)[None, None, :] < jnp.asarray(positions_Q)[None, :, None]
+
     def recall_in_clip(self, deter_BQHWC, vq_embeddings_BTHWC, positions_Q):
         """recall_frames for the clip's frames at `positions_Q`, each from the clip's frames
         before it (training and the likelihood probe; a clip is one seq_len window)."""
-        t = vq_embeddings_BTHWC.shape[1]
-        valid = jnp.arange(t)[None, None, :] < jnp.asarray(positions_Q)[None, :, None]
+        valid = self._recall_valid(vq_embeddings_BTHWC.shape[1], positions_Q)
         return self.recall_frames(deter_BQHWC, vq_embeddings_BTHWC, valid)
 
     def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None,
@@ -424,8 +436,11 @@ class TECO(nnx.Module):
             # matched against the earlier frames it then recalls the ones that look like it.
             # Learnt from the heads' losses alone the match stayed uniform (an average of the
             # past) for the demo's hundreds of steps (docs/demo_experiments.md).
+            # (frame p's key is centred on frames < p, like the keys its query meets)
+            positions = self.n_cond + idx
+            keys = self.recall_keys(vq_emb, self._recall_valid(t, positions))  # [B, Q, T, K]
             target = jax.lax.stop_gradient(
-                jnp.take(self.recall_keys(vq_emb), self.n_cond + idx, axis=1))
+                jnp.take_along_axis(keys, positions[None, :, None, None], axis=2)[:, :, 0])
             recall_loss = jnp.mean(1.0 - jnp.sum(self.recall_queries(deter) * target, axis=-1))
         n_sel = deter.shape[1]
         if maskgit_mask is None:
