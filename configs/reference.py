@@ -166,7 +166,8 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                         "(teco/models/teco.py prior_condition).",
         "recall": "Not in the paper: for frame t, a query from h_t's coarse layout is matched "
                   "(soft attention) against keys from the coarse layouts of the window's earlier "
-                  "frames (up to seq_len - 1 back: the real frames in training, the rollout's "
+                  "frames, less their mean (up to seq_len - 1 back: the real frames in training, "
+                  "the rollout's "
                   "own in rollouts), and the decoder and the MaskGit prior read those frames' VQ "
                   "embeddings averaged by the match, folded onto z_t's grid: a path by which a "
                   "view seen before comes back whole; models with it cannot load the authors' "

@@ -172,8 +172,8 @@ class TECO(nnx.Module):
             self.recall_query = Dense(RECALL_GRID ** 2 * embedding_dim, RECALL_DIM, rngs=rngs)
             self.recall_key = Dense(RECALL_GRID ** 2 * vq_embedding_dim, RECALL_DIM, rngs=rngs)
             # Cosine match times a learnt sharpness: raw dot products of pooled embeddings start
-            # so small that the match stays uniform (a plain average of the past) for
-            # thousands of steps; at 10 random directions already differ by ~1 in the logits.
+            # so small that the match stayed uniform (a plain average of the past) for hundreds
+            # of steps; at 10 random directions already differ by ~1 in the logits.
             self.recall_sharpness = param(
                 rngs, lambda key, shape, dtype: jnp.full(shape, RECALL_SHARPNESS, dtype), (), ())
         recall_features = prev_features * self.recall
@@ -432,11 +432,10 @@ class TECO(nnx.Module):
         recalled = recall_loss = None
         if self.recall:
             recalled = self.recall_in_clip(deter, vq_emb, self.n_cond + idx)
-            # The query learns to point at what frame t will look like (its key, held still):
-            # matched against the earlier frames it then recalls the ones that look like it.
-            # Learnt from the heads' losses alone the match stayed uniform (an average of the
-            # past) for the demo's hundreds of steps (docs/demo_experiments.md).
-            # (frame p's key is centred on frames < p, like the keys its query meets)
+            # The query learns to point at what frame p will look like (its key, centred on the
+            # frames before p like the keys the query meets, held still), so that it recalls
+            # the earlier frames that look like it; learnt from the heads' losses alone the
+            # match stayed uniform (docs/demo_experiments.md, 2026-12-05 evening).
             positions = self.n_cond + idx
             keys = self.recall_keys(vq_emb, self._recall_valid(t, positions))  # [B, Q, T, K]
             target = jax.lax.stop_gradient(
