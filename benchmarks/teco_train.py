@@ -34,6 +34,9 @@ CASES = {
     # its posterior encoder at the decoder's width, as before 2026-12-05: the step's largest cost
     "memory_maze_enc64": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
                           {"encoder.depths": (64, 128)}),
+    # with `recall` (h_t looks up the window's earlier frames): what the option costs a step
+    "memory_maze_recall": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
+                           {"recall": True}),
     # The encoder 75 time steps at a time, recomputed in the backward pass: its cost in time.
     "dmlab_b1_chunked": ("configs/dmlab.py", "configs/dmlab_vqgan.py",
                          {"batch_size": 1, "encoder_frames_per_chunk": 75}),
