@@ -116,10 +116,9 @@ def test_recall_rolls_out_like_the_reference_from_the_frames_in_reach():
     folded = 2 * 2 * VQ_DIM
     assert model.decoder.conv_in.kernel.shape[2] == 2 * 8 + folded          # deter + z + recalled
     assert model.z_git.net.fc_in.kernel.shape[0] == 8 + 8 + 2 * folded      # + prev + recalled
-    for guidance in (1.0, 2.0):
-        spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=guidance)
-        got, want, _ = run_both(model, table, 2, 6, spec)
-        np.testing.assert_array_equal(got, want)
+    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=2.0)  # both paths
+    got, want, _ = run_both(model, table, 2, 6, spec)
+    np.testing.assert_array_equal(got, want)
     hist = jnp.asarray(np.random.default_rng(1).integers(0, VQ_CODES, (2, 8, *GRID)), jnp.int32)
     deter = jax.random.normal(jax.random.key(2), (2, *model.z_shape, 8))
     t = 5   # seq_len 4: frames 2, 3, 4 are in reach

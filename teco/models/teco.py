@@ -353,6 +353,19 @@ class TECO(nnx.Module):
         valid = self._recall_valid(vq_embeddings_BTHWC.shape[1], positions_Q)
         return self.recall_frames(deter_BQHWC, vq_embeddings_BTHWC, valid)
 
+    def recall_loss(self, deter_BQHWC, vq_embeddings_BTHWC, positions_Q):
+        """mean(1 - cos(query of the frame at each position, that frame's own key)): the query
+        learns to point at what the frame will look like (its key centred on the frames before
+        it, like the keys the query meets; held still), so that it recalls the earlier frames
+        that look like it. Learnt from the heads' losses alone the match stayed uniform
+        (docs/demo_experiments.md, 2026-12-05 evening)."""
+        positions = jnp.asarray(positions_Q)
+        keys = self.recall_keys(vq_embeddings_BTHWC,
+                                self._recall_valid(vq_embeddings_BTHWC.shape[1], positions))
+        own = jnp.take_along_axis(keys, positions[None, :, None, None], axis=2)[:, :, 0]
+        cos = jnp.sum(self.recall_queries(deter_BQHWC) * jax.lax.stop_gradient(own), axis=-1)
+        return jnp.mean(1.0 - cos)
+
     def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None,
                action_emb_BTA=None, recalled_BTHWC=None):
         """Logits over the VQ codes [B, T, h, w, V_vq] (float32), each frame independently (with
@@ -432,15 +445,7 @@ class TECO(nnx.Module):
         recalled = recall_loss = None
         if self.recall:
             recalled = self.recall_in_clip(deter, vq_emb, self.n_cond + idx)
-            # The query learns to point at what frame p will look like (its key, centred on the
-            # frames before p like the keys the query meets, held still), so that it recalls
-            # the earlier frames that look like it; learnt from the heads' losses alone the
-            # match stayed uniform (docs/demo_experiments.md, 2026-12-05 evening).
-            positions = self.n_cond + idx
-            keys = self.recall_keys(vq_emb, self._recall_valid(t, positions))  # [B, Q, T, K]
-            target = jax.lax.stop_gradient(
-                jnp.take_along_axis(keys, positions[None, :, None, None], axis=2)[:, :, 0])
-            recall_loss = jnp.mean(1.0 - jnp.sum(self.recall_queries(deter) * target, axis=-1))
+            recall_loss = self.recall_loss(deter, vq_emb, self.n_cond + idx)
         n_sel = deter.shape[1]
         if maskgit_mask is None:
             mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
