@@ -14,7 +14,7 @@ from teco import losses
 from teco.models.layers import (Dense, Embed, ResNetDecoder, ResNetEncoder, as_dtype,
                                over_time_in_chunks, param)
 from teco.models.maskgit import MASK_TOKEN, MaskGit, sample_training_mask
-from teco.models.quantizer import FactorizedCodebook
+from teco.models.quantizer import FactorizedCodebook, l2_normalize
 from teco.models.transformer import Transformer
 from teco.models.vqgan import space_to_depth
 
@@ -63,11 +63,6 @@ def _flat_time(fn, *xs):
 RECALL_GRID = 2
 RECALL_DIM = 64
 RECALL_SHARPNESS = 10.0   # initial scale of the cosine match
-
-
-def _unit(x):
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
 
 
 def _pooled_grid(x_BTHWC, g: int):
@@ -315,7 +310,8 @@ class TECO(nnx.Module):
 
     def recall_queries(self, deter_BQHWC):
         """Unit queries [B, Q, RECALL_DIM] from deter's coarse layout."""
-        return _unit(self.recall_query(_pooled_grid(deter_BQHWC, RECALL_GRID)))
+        q = self.recall_query(_pooled_grid(deter_BQHWC, RECALL_GRID))
+        return l2_normalize(q.astype(jnp.float32))
 
     def recall_keys(self, vq_embeddings_BShwC, valid_BQS):
         """Keys [B, Q, S, RECALL_DIM] from the frames' coarse layout, for each query less the
@@ -326,7 +322,7 @@ class TECO(nnx.Module):
         valid = valid_BQS.astype(jnp.float32)
         mean = (jnp.einsum("bqs,bsk->bqk", valid, k)
                 / jnp.maximum(valid.sum(-1), 1.0)[..., None])
-        return _unit(k[:, None] - mean[:, :, None])
+        return l2_normalize(k[:, None] - mean[:, :, None])
 
     def recall_frames(self, deter_BQHWC, past_vq_embeddings_BShwC, valid_BQS):
         """With `recall`: for each of Q frames, its deter's match against S earlier frames (soft
