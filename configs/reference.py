@@ -164,19 +164,18 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                         "one when it is dropped, and for guidance's unconditioned logits); "
                         "models with it cannot load the authors' checkpoints (default False) "
                         "(teco/models/teco.py prior_condition).",
-        "recall": "Not in the paper: for frame t, a query from h_t's coarse layout is matched "
-                  "(soft attention) against keys from the coarse layouts of the window's earlier "
-                  "frames, less their mean (up to seq_len - 1 back: the real frames in training, "
-                  "the rollout's "
-                  "own in rollouts), and the decoder and the MaskGit prior read those frames' VQ "
-                  "embeddings averaged by the match, folded onto z_t's grid: a path by which a "
-                  "view seen before comes back whole; models with it cannot load the authors' "
-                  "checkpoints (default False) (teco/models/teco.py recall_frames).",
-        "recall_loss_weight": "With recall: weight of the loss 1 - cos(query of h_t, key of frame "
-                              "t), the key held still, which teaches the query what the coming "
-                              "frame will look like, so that it recalls the earlier frames that "
-                              "look like it (added to the total; default 10) (teco/models/teco.py "
-                              "loss).",
+        "recall": "Not in the paper: the decoder and the MaskGit prior also read the VQ "
+                  "embeddings of the window's earlier frames (up to seq_len - 1 back: the real "
+                  "frames in training, the rollout's own in rollouts), folded onto z_t's grid and "
+                  "averaged by a match of frame t with each of them computed from the actions "
+                  "between them alone (each action turns 32 planes by learnt angles; taught by "
+                  "how alike the frames' coarse looks are), and how sure that match is: a path by "
+                  "which a view seen before comes back whole; needs use_actions; models with it "
+                  "cannot load the authors' checkpoints (default False) (teco/models/recall.py).",
+        "recall_reach": "With recall: how many frames back a rollout's frame may recall; 0 means "
+                        "seq_len - 1, the reach training has. The match reads only the actions "
+                        "between two frames, so a longer reach lets late frames recall the "
+                        "context's real frames (default 0) (teco/rollout.py recall_window).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

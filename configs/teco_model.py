@@ -35,12 +35,12 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     # directly, not only through h_t (what the action does to the view, on a short path).
     c.decoder_action = False
     c.prior_action = False
-    # Not in the paper: h_t picks, by a learnt match of coarse layouts, which of the window's
-    # earlier frames look like what comes, and the decoder and the prior read them (folded
-    # like the previous frame): a view seen before can come back whole.
+    # Not in the paper: the decoder and the prior also read the window's earlier frames whose
+    # place the actions since say frame t is back at (a learnt integration of the actions,
+    # taught by how alike the frames look): a view seen before can come back whole.
     c.recall = False
-    # With recall: weight of the loss that teaches h_t's query the coming frame's key.
-    c.recall_loss_weight = 10.0
+    # With recall: how far back a rollout's frame may recall (0: seq_len - 1, training's reach).
+    c.recall_reach = 0
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

@@ -76,8 +76,10 @@ def validate(config, n_devices: int | None = None) -> None:
         _need(noise == 0.0 or c.get("decoder_prev_frame", False) or c.get("prior_prev_frame", False),
               "prev_frame_noise", f"{noise} has no effect unless decoder_prev_frame or "
               "prior_prev_frame is True")
-        _need(c.get("recall_loss_weight", 10.0) >= 0.0, "recall_loss_weight",
-              f"must be >= 0, got {c.get('recall_loss_weight', 10.0)}")
+        _need(not c.get("recall", False) or c.get("use_actions", True), "recall",
+              "True needs use_actions=True (the match integrates the actions)")
+        _need(c.get("recall_reach", 0) >= 0, "recall_reach",
+              f"must be >= 0 (0: seq_len - 1), got {c.get('recall_reach', 0)}")
         for flag in ("decoder_action", "prior_action"):
             _need(not c.get(flag, False) or c.get("use_actions", True), flag,
                   "True has no effect with use_actions=False (every action is the same)")

@@ -40,6 +40,11 @@ frames' teacher-forced NLL per token with each clip's actions shuffled in time m
 true actions (teco/likelihood.py action_gain), with a bootstrap interval over the episodes:
 about 0 means the model ignores its actions and its rollouts cannot turn where the agent
 turned. The teacher_forced protocol reports the same comparison of its losses as "action_gain".
+
+Recall: for a model with `recall` on data with poses, metrics.json["recall_look"] tells how
+often the frame its match scores highest, among those more than 4 back it may recall, shows the
+same view as the real frame (the clips' actions and poses), against a random pick and the share
+of frames that have such a view in reach (teco/metrics/revisit.py recall_picks).
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ from flax import nnx
 
 from teco.checkpoint import replace_text
 from teco.metrics.identity import WorldIdentity
-from teco.metrics.revisit import finite_mean
+from teco.metrics.revisit import RecallLook, finite_mean
 from teco.tasks.base import TrainState
 
 PROTOCOLS = {
@@ -254,6 +259,7 @@ def run(args) -> dict:
     memory = PlaceMemory(context, short_context=args.memory_check,
                          window=int(stage.model.seq_len))
     world = WorldIdentity(context)
+    look = RecallLook(stage.model.recall_reach) if stage.model.recall else None
     follows = (likelihood.ActionUse()
                if stage.config.get("use_actions", True) and not args.no_actions else None)
     bar = tqdm(total=args.num_videos, desc=f"{args.protocol}: {predict} frames after {context}",
@@ -303,6 +309,8 @@ def run(args) -> dict:
                                              context, k)
             memory.add(ref, fake, poses, scores, short_fake=short, lpips=lpips,
                        episodes=episode_ids, nll=nll)
+            if look is not None:
+                look.add(*poses, stage.model.recall_match.clip_logits(actions), episode_ids)
         world.add(ref, fake, episode_ids, short_fake_BPHWC=short)
         if follows is not None:
             follows.add(likelihood.action_gain(stage.model, stage.table, codes, actions, context),
@@ -353,6 +361,9 @@ def run(args) -> dict:
     identity = world.summary(n)
     if identity:
         result["world_identity"] = identity
+    recall_look = look.summary(n) if look is not None else None
+    if recall_look:
+        result["recall_look"] = recall_look
     use = follows.summary(n) if follows is not None else None
     if use:
         result["action_use"] = use

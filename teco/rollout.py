@@ -64,36 +64,55 @@ def encoded_latent(model, table, prev_codes_BHW, codes_BHW):
     return model.codebook(u)["embeddings"].astype(jnp.float32)
 
 
-def recall_window(model, table, vq_hist_BNHW, t):
-    """`recall` for frame t of a rollout: deter -> the recalled VQ embeddings of frames
-    t - seq_len + 1 .. t - 1 (those that exist), the reach frame t's recall has in training."""
-    n = min(model.seq_len - 1, vq_hist_BNHW.shape[1])
+def recall_window(model, table, vq_hist_BNHW, actions_BN, t):
+    """`recall` for frame t of a rollout: the recalled VQ embeddings of frames
+    t - recall_reach .. t - 1 (those that exist; by default seq_len - 1 back, the reach frame
+    t's recall has in training), matched by the actions since each of them [B, z_h, z_w, F]."""
+    n = min(model.recall_reach, vq_hist_BNHW.shape[1])
     start = jnp.clip(jnp.asarray(t) - n, 0, vq_hist_BNHW.shape[1] - n)
     codes = jax.lax.dynamic_slice_in_dim(vq_hist_BNHW, start, n, axis=1)
     past = jnp.take(table, codes.astype(jnp.int32), axis=0)
+    # only phase differences count: frame t's is frame t-1's (in the slice) plus t's turn
+    past_phases = model.recall_match.phases(
+        jax.lax.dynamic_slice_in_dim(actions_BN, start, n, axis=1))
+    phase_t = (jax.lax.dynamic_index_in_dim(past_phases, jnp.asarray(t) - 1 - start, axis=1)
+               + model.recall_match.turns(
+                   jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1)))
     valid = (start + jnp.arange(n) < t)[None, None, :]
-    return lambda deter_BHWC: model.recall_frames(deter_BHWC[:, None], past, valid)[:, 0]
+    return model.recall_frames(phase_t, past_phases, past, valid)[:, 0]
+
+
+def _recalled(model, table, vq_hist_BNHW, actions_BN, t, guided: bool):
+    """recall_window with the actions, and without any (the unconditioned side of guidance)."""
+    if not model.recall:
+        return None, None
+    recalled = recall_window(model, table, vq_hist_BNHW, actions_BN, t)
+    if not guided:
+        return recalled, None
+    return recalled, recall_window(model, table, vq_hist_BNHW, jnp.full_like(actions_BN, -1), t)
 
 
 def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: SamplerSpec,
                  fixed_codes_BL=None, fixed_mask_BL=None, prev_codes_BHW=None,
-                 action_emb_BA=None, action_emb_uncond_BA=None, recall_fn=None):
+                 action_emb_BA=None, action_emb_uncond_BA=None, recalled_BHWC=None,
+                 recalled_uncond_BHWC=None):
     """MaskGit-samples TECO codes given h_{t-1}, then decodes VQ codes (argmax); a model with
     `decoder_prev_frame` / `prior_prev_frame` also reads the previous frame's VQ codes
     `prev_codes_BHW`, one with `decoder_action` / `prior_action` the frame's action embedding
     (`action_emb_uncond_BA`, the no-action one, beside the unconditioned h when guided), one
-    with `recall` what `recall_fn` (recall_window) recalls for h (and for the unconditioned h)."""
+    with `recall` what it recalls (recall_window; and with no actions, beside the
+    unconditioned h)."""
     b = deter_BHWC.shape[0]
     zh, zw = model.z_shape
     prev = None
     if model.reads_prev_frame:
         prev = jnp.take(table, prev_codes_BHW.astype(jnp.int32), axis=0)
-    recalled = recalled_u = None
+    recalled, recalled_u = recalled_BHWC, recalled_uncond_BHWC
     if model.recall:
-        if recall_fn is None:
-            raise ValueError("decode_frame: a model with recall needs recall_fn (recall_window)")
-        recalled = recall_fn(deter_BHWC)
-        recalled_u = recall_fn(deter_uncond_BHWC) if spec.guided else recalled
+        if recalled is None or (spec.guided and recalled_u is None):
+            raise ValueError("decode_frame: a model with recall needs the recalled frames "
+                             "(recall_window)")
+        recalled_u = recalled_u if spec.guided else recalled
     cond = model.prior_condition(deter_BHWC, prev, action_emb_BA, recalled)
     cond_u = (model.prior_condition(deter_uncond_BHWC, prev, action_emb_uncond_BA, recalled_u)
               if spec.guided else cond)
@@ -211,10 +230,10 @@ def rollout(model, table, codes_BCHW, actions_BN, key, *, n_new: int, spec: Samp
         fc = jax.lax.dynamic_index_in_dim(fixed_codes, i, axis=1, keepdims=False)
         fm = jax.lax.dynamic_index_in_dim(fixed_mask, i, axis=1, keepdims=False)
         prev_vq = jax.lax.dynamic_index_in_dim(vq_hist, t - 1, axis=1, keepdims=False)
-        recall_fn = recall_window(model, table, vq_hist, t) if model.recall else None
+        recalled, recalled_u = _recalled(model, table, vq_hist, actions_BN, t, spec.guided)
         vq, z = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
                              fc.reshape(b, -1), fm.reshape(b, -1), prev_vq, act, act_u,
-                             recall_fn)
+                             recalled, recalled_u)
         z_hist = jax.lax.dynamic_update_index_in_dim(z_hist, z.astype(jnp.float32), t, axis=1)
         if slides:
             enc = encoded_latent(model, table, prev_vq, vq)
@@ -269,10 +288,12 @@ def rollout_reference(model, table, codes_BCHW, actions_BN, key, *, n_new: int,
         act = model.embed_actions(
             jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1, keepdims=False))
         act_u = model.embed_actions(jnp.full_like(actions_BN[:, 0], -1)) if spec.guided else act
-        recall_fn = recall_window(model, table, vq[:, :total], t) if model.recall else None
+        recalled, recalled_u = _recalled(model, table, vq[:, :total], actions_BN[:, :total], t,
+                                         spec.guided)
         new, z_new = decode_frame(model, table, deter, deter_u, jax.random.fold_in(key, t), spec,
                                   prev_codes_BHW=prev_vq, action_emb_BA=act,
-                                  action_emb_uncond_BA=act_u, recall_fn=recall_fn)
+                                  action_emb_uncond_BA=act_u, recalled_BHWC=recalled,
+                                  recalled_uncond_BHWC=recalled_u)
         return (jax.lax.dynamic_update_index_in_dim(vq, new, t, axis=1),
                 jax.lax.dynamic_update_index_in_dim(z, z_new.astype(jnp.float32), t, axis=1))
 

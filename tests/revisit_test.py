@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from teco.metrics.revisit import (find_revisits, match_pairs, mean_interval, memory_effect,
-                                  revisit_summary)
+from teco.metrics.revisit import (RecallLook, find_revisits, match_pairs, mean_interval,
+                                  memory_effect, recall_picks, revisit_summary)
 
 EAST, WEST, NORTH = (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0)
 
@@ -312,3 +312,31 @@ def test_memory_plot_needs_intervals(tmp_path):
 
     with pytest.raises(ValueError, match="no gain intervals"):
         videos.plot_memory(tmp_path / "m.png", {"short_context": 8})
+
+
+def test_recall_picks_are_judged_by_the_poses():
+    """An agent turning on the spot by 45 degrees a frame sees each view again 8 frames later:
+    a match that scores frame t - 8 highest picks the same view wherever it is in reach, one
+    that scores frame t - 5 never does, and a random pick's chance is the share of such frames."""
+    t = 24
+    angle = np.radians(45.0 * np.arange(t))
+    heading = np.stack([np.cos(angle), np.sin(angle)], -1)[None]
+    pos = np.full((1, t, 2), 0.5)
+    back = np.arange(t)[:, None] - np.arange(t)[None, :]
+    reach = 12
+    for favoured, expected in ((8, 1.0), (5, 0.0)):
+        picks = recall_picks(pos, heading, (back == favoured)[None].astype(float), reach)
+        # frames 0..4 have nothing more than 4 back; frame 5.. have; frame 8.. have t - 8
+        assert np.isnan(picks["pick"][0, :5]).all() and np.isfinite(picks["pick"][0, 5:]).all()
+        np.testing.assert_array_equal(picks["exists"][0, 5:], np.arange(5, t) >= 8)
+        hits = picks["pick"][0, 8:]
+        assert np.all(hits == expected), favoured
+    # frame 20 may recall frames 8..15, one of which (12) is its view
+    assert picks["random"][0, 20] == pytest.approx(1 / 8)
+    look = RecallLook(reach)
+    look.add(pos, heading, (back == 8)[None].astype(float), [0])
+    summary = look.summary(1)
+    assert summary["same_view_pick"]["mean"] == pytest.approx(16 / 19)   # frames 5..23
+    assert summary["same_view_in_reach"] == pytest.approx(16 / 19)
+    with pytest.raises(ValueError, match="recall logits must be"):
+        recall_picks(pos, heading, np.zeros((1, t, t - 1)), reach)

@@ -111,23 +111,37 @@ def test_reading_the_action_in_the_heads_rolls_out_like_the_reference():
 
 def test_recall_rolls_out_like_the_reference_from_the_frames_in_reach():
     """recall: both paths (guided too, past the window) feed the decoder and the prior the same
-    recalled frames; frame t recalls from frames t - seq_len + 1 .. t - 1 only, as in training."""
-    model, table = small_model(recall=True, prior_prev_frame=True)
-    folded = 2 * 2 * VQ_DIM
-    assert model.decoder.conv_in.kernel.shape[2] == 2 * 8 + folded          # deter + z + recalled
-    assert model.z_git.net.fc_in.kernel.shape[0] == 8 + 8 + 2 * folded      # + prev + recalled
+    recalled frames; frame t recalls from frames t - recall_reach .. t - 1 only (here reaching
+    past the window of 4), matched by the actions since each of them, exactly as the same
+    frames recall in a training clip."""
+    model, table = small_model(recall=True, prior_prev_frame=True, recall_reach=5)
+    features = 2 * 2 * VQ_DIM + 1                   # folded frames and how sure the match is
+    assert model.decoder.conv_in.kernel.shape[2] == 2 * 8 + features        # deter + z + recalled
+    assert model.z_git.net.fc_in.kernel.shape[0] == 8 + 8 + 2 * 2 * VQ_DIM + features  # + prev
     spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1, guidance_scale=2.0)  # both paths
     got, want, _ = run_both(model, table, 2, 6, spec)
     np.testing.assert_array_equal(got, want)
-    hist = jnp.asarray(np.random.default_rng(1).integers(0, VQ_CODES, (2, 8, *GRID)), jnp.int32)
-    deter = jax.random.normal(jax.random.key(2), (2, *model.z_shape, 8))
-    t = 5   # seq_len 4: frames 2, 3, 4 are in reach
-    base = rollout.recall_window(model, table, hist, t)(deter)
-    assert base.shape == (2, *model.z_shape, folded)
-    for frame, in_reach in ((1, False), (2, True), (4, True), (5, False), (7, False)):
+    rng = np.random.default_rng(1)
+    hist = jnp.asarray(rng.integers(0, VQ_CODES, (2, 8, *GRID)), jnp.int32)
+    actions = jnp.asarray(rng.integers(0, 3, (2, 8)), jnp.int32)
+    emb = jnp.take(table, hist, axis=0)
+    for t in (2, 7):   # frames 0, 1 and 2..6 are in reach
+        base = rollout.recall_window(model, table, hist, actions, t)
+        assert base.shape == (2, *model.z_shape, features)
+        first = max(t - 5, 0)
+        in_clip = model.recall_in_clip(actions[:, first:t + 1], emb[:, first:t + 1],
+                                       jnp.asarray([t - first]))[:, 0]
+        np.testing.assert_allclose(np.asarray(base), np.asarray(in_clip), rtol=1e-5, atol=1e-5)
+    for frame, in_reach in ((1, False), (2, True), (6, True), (7, False)):
         changed = hist.at[:, frame].set((hist[:, frame] + 1) % VQ_CODES)
-        moved = not np.allclose(rollout.recall_window(model, table, changed, t)(deter), base)
+        moved = not np.allclose(rollout.recall_window(model, table, changed, actions, t), base)
         assert moved == in_reach, frame
+    # the match reads the actions that lead from a frame in reach to frame t: 3..7
+    for frame, read in ((2, False), (3, True), (7, True)):
+        changed = actions.at[:, frame].set((actions[:, frame] + 1) % 3)
+        moved = not np.allclose(rollout.recall_window(model, table, hist, changed, t), base,
+                                atol=1e-4)   # phases are sums: float32 rounding moves a little
+        assert moved == read, frame
     with pytest.raises(ValueError, match="recall needs the recalled frames"):
         model.decoder_input(jnp.zeros((2, *model.z_shape, 8)))
 

@@ -180,3 +180,61 @@ def _resampled_means(gain_NP, masks, groups_N, draws: int, seed: int):
     with np.errstate(invalid="ignore", divide="ignore"):
         boot = np.where(c > 0, s / np.where(c > 0, c, 1.0), np.nan)
     return means, boot, videos, n
+
+
+# A recall pick is judged among frames more than RECALL_SKIP back: nearer ones are near copies
+# of the previous frame, which any match finds.
+RECALL_SKIP = 4
+
+
+def recall_picks(pos_BT2, dir_BT2, logits_BTT, reach: int, skip: int = RECALL_SKIP) -> dict:
+    """Where a model's recall looks (`recall`, teco/models/recall.py), judged by the poses: for
+    each frame t, among the frames t - reach .. t - skip - 1 (those it may recall, more than
+    `skip` back), whether the one its match scores highest (logits_BTT[b, t, s]) shows the same
+    view (within MAX_DISTANCE cells and ~30 degrees, as a revisit), the share of them that do
+    (a random pick's chance), and whether any does. Float arrays [B, T], NaN where t has none."""
+    pos, heading = _check_poses(pos_BT2, dir_BT2, 1)
+    b, t = pos.shape[:2]
+    logits = np.asarray(logits_BTT, np.float64)
+    if logits.shape != (b, t, t):
+        raise ValueError(f"recall logits must be [B, T, T] = {(b, t, t)}, got {logits.shape}")
+    same = ((np.linalg.norm(pos[:, :, None] - pos[:, None, :], axis=-1) <= MAX_DISTANCE)
+            & (np.einsum("bid,bjd->bij", heading, heading) >= MIN_COS))
+    back = np.arange(t)[:, None] - np.arange(t)[None, :]              # [t, s]: t - s
+    allowed = ((back > skip) & (back <= reach))[None]
+    any_allowed = allowed.any(-1)                                      # [1, t]
+    pick = np.where(allowed, logits, -np.inf).argmax(-1)              # [b, t]
+    picked = np.take_along_axis(same, pick[..., None], axis=-1)[..., 0]
+    nan = np.full((b, t), np.nan)
+    count = np.maximum(allowed.sum(-1), 1)
+    return {"pick": np.where(any_allowed, picked, nan),
+            "random": np.where(any_allowed, (same & allowed).sum(-1) / count, nan),
+            "exists": np.where(any_allowed, (same & allowed).any(-1), nan)}
+
+
+class RecallLook:
+    """Collects recall_picks batch by batch (teco.eval, models with `recall` on data with
+    poses) -> how often the match's pick is the same view, with an interval over episodes,
+    against a random pick's chance and the share of frames that have such a view in reach."""
+
+    def __init__(self, reach: int):
+        self.reach, self.parts, self.episodes = int(reach), [], []
+
+    def add(self, pos_BT2, dir_BT2, logits_BTT, episodes_B) -> None:
+        self.parts.append(recall_picks(pos_BT2, dir_BT2, logits_BTT, self.reach))
+        self.episodes.append(np.asarray(episodes_B))
+
+    def summary(self, n: int) -> dict | None:
+        if not self.parts:
+            return None
+        picks = {k: np.concatenate([p[k] for p in self.parts])[:n] for k in self.parts[0]}
+        out = mean_interval(picks["pick"], np.isfinite(picks["pick"]),
+                            groups_N=np.concatenate(self.episodes)[:n])
+        if out is None:
+            return None
+        return {"same_view_pick": out, "same_view_random": float(np.nanmean(picks["random"])),
+                "same_view_in_reach": float(np.nanmean(picks["exists"])),
+                "note": f"real clips: for each frame, among the frames it may recall more than "
+                        f"{RECALL_SKIP} back (up to {self.reach}), whether the one its match "
+                        f"scores highest shows the same view (within {MAX_DISTANCE} cells and "
+                        f"~30 degrees), a random one's chance, and whether one exists"}

@@ -14,7 +14,8 @@ from teco import losses
 from teco.models.layers import (Dense, Embed, ResNetDecoder, ResNetEncoder, as_dtype,
                                over_time_in_chunks, param)
 from teco.models.maskgit import MASK_TOKEN, MaskGit, sample_training_mask
-from teco.models.quantizer import FactorizedCodebook, l2_normalize
+from teco.models.quantizer import FactorizedCodebook
+from teco.models.recall import PathMatch, masked_log_softmax
 from teco.models.transformer import Transformer
 from teco.models.vqgan import space_to_depth
 
@@ -58,20 +59,6 @@ def _flat_time(fn, *xs):
     return out.reshape(b, t, *out.shape[1:])
 
 
-# Recall reads frames as a coarse RECALL_GRID x RECALL_GRID layout (its query and keys) and
-# matches them in RECALL_DIM dimensions.
-RECALL_GRID = 2
-RECALL_DIM = 64
-RECALL_SHARPNESS = 10.0   # initial scale of the cosine match
-
-
-def _pooled_grid(x_BTHWC, g: int):
-    """Mean over g x g blocks of the frame, flattened: [B, T, H, W, C] -> [B, T, g * g * C]."""
-    b, t, h, w, c = x_BTHWC.shape
-    x = x_BTHWC.astype(jnp.float32).reshape(b, t, g, h // g, g, w // g, c)
-    return x.mean(axis=(3, 5)).reshape(b, t, g * g * c)
-
-
 class TECO(nnx.Module):
     """Posterior encoder + codebook, temporal transformer, decoder and MaskGit prior (`z_git`).
 
@@ -95,7 +82,7 @@ class TECO(nnx.Module):
                  encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
                  prior_prev_frame: bool = False, prev_frame_noise: float = 0.0,
                  decoder_action: bool = False, prior_action: bool = False,
-                 recall: bool = False, recall_loss_weight: float = 10.0, rngs: nnx.Rngs):
+                 recall: bool = False, recall_reach: int = 0, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -153,25 +140,23 @@ class TECO(nnx.Module):
         # prior directly, not only through h_t (a short path for what the action does).
         self.decoder_action, self.prior_action = bool(decoder_action), bool(prior_action)
         prev_features = (h // z_h) * (w // z_w) * vq_embedding_dim
-        # Recall: frame t's h_t asks which of the window's earlier frames (up to seq_len - 1
-        # back) looks like what comes, and the decoder and the prior read those frames' VQ
-        # embeddings, averaged by the match and folded like the previous frame's: a path by
-        # which a view seen before can come back whole, past the temporal transformer's one
-        # token per frame.
+        # Recall: the decoder and the prior also read the window's earlier frames (up to
+        # seq_len - 1 back) whose place the actions since say frame t is back at
+        # (teco/models/recall.py), their VQ embeddings averaged by the match and folded like the
+        # previous frame's, and how sure the match is: a path by which a view seen before can
+        # come back whole, past the temporal transformer's one token per frame.
         self.recall = bool(recall)
-        self.recall_loss_weight = float(recall_loss_weight)
+        # How far back a rollout's frame may recall (0: seq_len - 1, as in training). The match
+        # reads only the actions between two frames, so it reaches past the window, to the
+        # context's real frames, which training never shows it.
+        if recall_reach < 0:
+            raise ValueError(f"TECO: recall_reach must be >= 0 (0: seq_len - 1), got {recall_reach}")
+        self.recall_reach = int(recall_reach) or seq_len - 1
         if self.recall:
-            if z_h % RECALL_GRID or z_w % RECALL_GRID or h % RECALL_GRID or w % RECALL_GRID:
-                raise ValueError(f"TECO: recall pools frames to a {RECALL_GRID}x{RECALL_GRID} grid; "
-                                 f"z {z_h}x{z_w} and the VQ latent {h}x{w} must divide by it")
-            self.recall_query = Dense(RECALL_GRID ** 2 * embedding_dim, RECALL_DIM, rngs=rngs)
-            self.recall_key = Dense(RECALL_GRID ** 2 * vq_embedding_dim, RECALL_DIM, rngs=rngs)
-            # Cosine match times a learnt sharpness: raw dot products of pooled embeddings start
-            # so small that the match stayed uniform (a plain average of the past) for hundreds
-            # of steps; at 10 random directions already differ by ~1 in the logits.
-            self.recall_sharpness = param(
-                rngs, lambda key, shape, dtype: jnp.full(shape, RECALL_SHARPNESS, dtype), (), ())
-        recall_features = prev_features * self.recall
+            if not use_actions:
+                raise ValueError("TECO: recall integrates the actions; it needs use_actions")
+            self.recall_match = PathMatch(action_dim, rngs=rngs)
+        recall_features = (prev_features + 1) * self.recall
         self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame
                                      + recall_features + action_embed_dim * self.decoder_action,
                                      decoder_depths, decoder_blocks, vq_n_codes, dtype=dtype,
@@ -308,59 +293,38 @@ class TECO(nnx.Module):
         return self._head_input(deter_NHWC, prev_vq_embeddings_NhwC, action_emb_NA, "prior",
                                 recalled_NHWC)
 
-    def recall_queries(self, deter_BQHWC):
-        """Unit queries [B, Q, RECALL_DIM] from deter's coarse layout."""
-        q = self.recall_query(_pooled_grid(deter_BQHWC, RECALL_GRID))
-        return l2_normalize(q.astype(jnp.float32))
-
-    def recall_keys(self, vq_embeddings_BShwC, valid_BQS):
-        """Keys [B, Q, S, RECALL_DIM] from the frames' coarse layout, for each query less the
-        mean over the frames it may recall, then unit: every frame of a maze shares most of
-        its look (raw keys of a clip agree to a cosine of 0.99), and what tells views apart is
-        what differs from the recent past."""
-        k = self.recall_key(_pooled_grid(vq_embeddings_BShwC, RECALL_GRID)).astype(jnp.float32)
-        valid = valid_BQS.astype(jnp.float32)
-        mean = (jnp.einsum("bqs,bsk->bqk", valid, k)
-                / jnp.maximum(valid.sum(-1), 1.0)[..., None])
-        return l2_normalize(k[:, None] - mean[:, :, None])
-
-    def recall_frames(self, deter_BQHWC, past_vq_embeddings_BShwC, valid_BQS):
-        """With `recall`: for each of Q frames, its deter's match against S earlier frames (soft
-        attention of a query from deter's coarse layout over keys from the frames' coarse
-        layout, cosine times a learnt sharpness, over the frames `valid_BQS` allows) -> their
-        VQ embeddings folded onto z's grid, averaged by it:
-        [B, Q, z_h, z_w, (h / z_h) * (w / z_w) * C_vq] float32."""
-        q = self.recall_queries(deter_BQHWC)
-        k = self.recall_keys(past_vq_embeddings_BShwC, valid_BQS)
-        logits = jnp.einsum("bqk,bqsk->bqs", q, k) * self.recall_sharpness[...]
-        # a finite floor: a row with no frame allowed gives zeros, not NaN
-        logits = jnp.where(valid_BQS, logits, -1e30)
-        weights = jax.nn.softmax(logits, axis=-1) * valid_BQS
+    def recall_frames(self, phases_BQK, past_phases_BSK, past_vq_embeddings_BShwC, valid_BQS):
+        """With `recall`: for each of Q frames (its phases, `PathMatch.phases`), the S earlier
+        frames' VQ embeddings folded onto z's grid and averaged by the match over the frames
+        `valid_BQS` allows, and one channel more, how sure the match is (its expected logit
+        over the largest it can reach, in [-1, 1]):
+        [B, Q, z_h, z_w, (h / z_h) * (w / z_w) * C_vq + 1] float32. The match learns from
+        `recall_loss` alone (held still here): the heads' losses would outweigh it and, alone,
+        they left an earlier match uniform (docs/demo_experiments.md, 2026-12-05 evening)."""
+        logits = jax.lax.stop_gradient(self.recall_match.logits(phases_BQK, past_phases_BSK))
+        weights = jnp.exp(masked_log_softmax(logits, valid_BQS)) * valid_BQS
+        sure = (jnp.sum(weights * logits, axis=-1)
+                / jax.lax.stop_gradient(jnp.sum(self.recall_match.weights())))
         folded = _flat_time(self._fold, past_vq_embeddings_BShwC.astype(jnp.float32))
-        return jnp.einsum("bqs,bshwf->bqhwf", weights, folded)
+        recalled = jnp.einsum("bqs,bshwf->bqhwf", weights, folded)
+        sure = jnp.broadcast_to(sure[:, :, None, None, None], recalled.shape[:-1] + (1,))
+        return jnp.concatenate([recalled, sure], axis=-1)
 
     def _recall_valid(self, t: int, positions_Q):
         """[1, Q, t]: frame s of a clip may be recalled by the frame at position p if s < p."""
         return jnp.arange(t)[None, None, :] < jnp.asarray(positions_Q)[None, :, None]
 
-    def recall_in_clip(self, deter_BQHWC, vq_embeddings_BTHWC, positions_Q):
+    def recall_in_clip(self, actions_BT, vq_embeddings_BTHWC, positions_Q):
         """recall_frames for the clip's frames at `positions_Q`, each from the clip's frames
         before it (training and the likelihood probe; a clip is one seq_len window)."""
+        phases = self.recall_match.phases(actions_BT)
         valid = self._recall_valid(vq_embeddings_BTHWC.shape[1], positions_Q)
-        return self.recall_frames(deter_BQHWC, vq_embeddings_BTHWC, valid)
+        return self.recall_frames(jnp.take(phases, jnp.asarray(positions_Q), axis=1), phases,
+                                  vq_embeddings_BTHWC, valid)
 
-    def recall_loss(self, deter_BQHWC, vq_embeddings_BTHWC, positions_Q):
-        """mean(1 - cos(query of the frame at each position, that frame's own key)): the query
-        learns to point at what the frame will look like (its key centred on the frames before
-        it, like the keys the query meets; held still), so that it recalls the earlier frames
-        that look like it. Learnt from the heads' losses alone the match stayed uniform
-        (docs/demo_experiments.md, 2026-12-05 evening)."""
-        positions = jnp.asarray(positions_Q)
-        keys = self.recall_keys(vq_embeddings_BTHWC,
-                                self._recall_valid(vq_embeddings_BTHWC.shape[1], positions))
-        own = jnp.take_along_axis(keys, positions[None, :, None, None], axis=2)[:, :, 0]
-        cos = jnp.sum(self.recall_queries(deter_BQHWC) * jax.lax.stop_gradient(own), axis=-1)
-        return jnp.mean(1.0 - cos)
+    def recall_loss(self, actions_BT, vq_embeddings_BTHWC):
+        """The match's distillation loss over the clip (`PathMatch.loss`)."""
+        return self.recall_match.loss(actions_BT, vq_embeddings_BTHWC)
 
     def decode(self, deter_BTHWC, z_embeddings_BTHWC, prev_vq_embeddings_BThwC=None,
                action_emb_BTA=None, recalled_BTHWC=None):
@@ -440,8 +404,8 @@ class TECO(nnx.Module):
                 head_actions = jnp.take(head_actions, idx, axis=1)
         recalled = recall_loss = None
         if self.recall:
-            recalled = self.recall_in_clip(deter, vq_emb, self.n_cond + idx)
-            recall_loss = self.recall_loss(deter, vq_emb, self.n_cond + idx)
+            recalled = self.recall_in_clip(actions, vq_emb, self.n_cond + idx)
+            recall_loss = self.recall_loss(actions, vq_emb)
         n_sel = deter.shape[1]
         if maskgit_mask is None:
             mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
@@ -458,7 +422,7 @@ class TECO(nnx.Module):
         trans = losses.trans_loss(git_logits, z_codes, mask)
         total = recon + trans + vq["commitment_loss"] + vq["codebook_loss"]
         if recall_loss is not None:
-            total = total + self.recall_loss_weight * recall_loss
+            total = total + recall_loss
         metrics = dict(loss=total, recon_loss=recon, trans_loss=trans,
                        commitment_loss=vq["commitment_loss"], codebook_loss=vq["codebook_loss"],
                        perplexity=vq["perplexity"],
@@ -497,7 +461,7 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         prev_frame_noise=config.get("prev_frame_noise", 0.0),
         decoder_action=config.get("decoder_action", False),
         prior_action=config.get("prior_action", False), recall=config.get("recall", False),
-        recall_loss_weight=config.get("recall_loss_weight", 10.0),
+        recall_reach=config.get("recall_reach", 0),
         rngs=rngs)
 
 
