@@ -29,14 +29,15 @@ import time
 CASES = {
     "tiny": ("configs/dmlab.py:tiny", "configs/dmlab_vqgan.py:tiny", {}),
     "dmlab_b1": ("configs/dmlab.py", "configs/dmlab_vqgan.py", {"batch_size": 1}),
-    # the demo's TECO (batch 4 x 50 frames of 16x16 codes, reading the previous frame)
+    # the demo's TECO (batch 4 x 50 frames of 16x16 codes, reading the previous frame, the
+    # frame's action and, since 2026-12-05 night, the frames it recalls)
     "memory_maze": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py", {}),
     # its posterior encoder at the decoder's width, as before 2026-12-05: the step's largest cost
     "memory_maze_enc64": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
                           {"encoder.depths": (64, 128)}),
-    # with `recall` (h_t looks up the window's earlier frames): what the option costs a step
-    "memory_maze_recall": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
-                           {"recall": True}),
+    # without `recall` (the frames its actions lead back to): what recall costs a step
+    "memory_maze_no_recall": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
+                              {"recall": False}),
     # The encoder 75 time steps at a time, recomputed in the backward pass: its cost in time.
     "dmlab_b1_chunked": ("configs/dmlab.py", "configs/dmlab_vqgan.py",
                          {"batch_size": 1, "encoder_frames_per_chunk": 75}),
