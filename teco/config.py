@@ -79,7 +79,7 @@ def validate(config, n_devices: int | None = None) -> None:
         _need(not c.get("recall", False) or c.get("use_actions", True), "recall",
               "True needs use_actions=True (the match integrates the actions)")
         _need(c.get("recall_reach", 0) >= 0, "recall_reach",
-              f"must be >= 0 (0: seq_len - 1), got {c.get('recall_reach', 0)}")
+              f"{c.get('recall_reach', 0)} must be >= 0 (0: seq_len - 1)")
         for flag in ("decoder_action", "prior_action"):
             _need(not c.get(flag, False) or c.get("use_actions", True), flag,
                   "True has no effect with use_actions=False (every action is the same)")

@@ -296,6 +296,12 @@ def test_config_errors_name_the_key():
     c = load_config("configs/dmlab.py", {"prior_action": True, "use_actions": False})
     with pytest.raises(ConfigError, match="config.prior_action: True has no effect with use_actions=False"):
         validate(c)
+    c = load_config("configs/dmlab.py", {"recall": True, "use_actions": False})
+    with pytest.raises(ConfigError, match="config.recall: True needs use_actions=True"):
+        validate(c)
+    c = load_config("configs/dmlab.py", {"recall": True, "recall_reach": -1})
+    with pytest.raises(ConfigError, match="config.recall_reach: -1 must be >= 0"):
+        validate(c)
     c = load_config("configs/dmlab.py", {"batch_size": 12})
     with pytest.raises(ConfigError, match="config.batch_size: 12 is not divisible by the data-parallel size 8"):
         validate(c, 8)
