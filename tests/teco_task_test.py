@@ -75,9 +75,12 @@ def test_loss_terms_logged_and_decreasing_on_a_fixed_batch(task):
     for key in ("loss", "recon_loss", "trans_loss", "commitment_loss", "codebook_loss",
                 "perplexity", "recon_acc", "prior_acc", "grad_norm"):
         assert np.isfinite(metrics[0][key]), key
+    # the demo's config recalls: its match's own loss is logged and in the total
+    assert np.isfinite(metrics[0]["recall_loss"]) and metrics[0]["recall_loss"] > 0
     np.testing.assert_allclose(
         metrics[0]["loss"], metrics[0]["recon_loss"] + metrics[0]["trans_loss"]
-        + metrics[0]["commitment_loss"] + metrics[0]["codebook_loss"], rtol=1e-5)
+        + metrics[0]["commitment_loss"] + metrics[0]["codebook_loss"]
+        + metrics[0]["recall_loss"], rtol=1e-5)
     assert metrics[-1]["loss"] < 0.9 * metrics[0]["loss"]
 
 
