@@ -65,6 +65,13 @@ def get_config(arg=None):
     # effect whose interval lies above 0 (+0.015 nats [+0.008, +0.023]); without it 16.84,
     # 0.440, 738 and an interval across 0 (docs/demo_experiments.md, 2026-12-05 night).
     c.recall = True
+    # The read skips the 4 frames nearest to t (the heads read frame t-1 anyway, and the near
+    # frames, the most alike, took most of the match's weight) and leans on the best of the
+    # rest (softmax of 4 x the match): the first sampled memory effect above 0 on `revisits`,
+    # +1.38 dB [+0.92, +1.93], where the plain read gave -0.05 dB [-1.75, +1.36]
+    # (docs/demo_experiments.md, 2026-12-05 late).
+    c.recall_sharpness = 4.0
+    c.recall_skip = 4
     c.log_interval = 20
     c.log_eval_interval = 100
     c.viz_interval = 600

@@ -176,6 +176,14 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                         "seq_len - 1, the reach training has. The match reads only the actions "
                         "between two frames, so a longer reach lets late frames recall the "
                         "context's real frames (default 0) (teco/rollout.py recall_window).",
+        "recall_sharpness": "With recall: the heads read the earlier frames averaged by "
+                            "softmax(recall_sharpness x the match's logits); 1 is the match's own "
+                            "softmax, larger leans on its best pick (default 1.0) "
+                            "(teco/models/teco.py recall_frames).",
+        "recall_skip": "With recall: the read skips the frames this near to frame t (it may "
+                       "recall frames up to t - 1 - recall_skip); the heads read frame t-1 anyway "
+                       "(default 0) (teco/models/teco.py _recall_valid, teco/rollout.py "
+                       "recall_window).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

@@ -41,6 +41,11 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.recall = False
     # With recall: how far back a rollout's frame may recall (0: seq_len - 1, training's reach).
     c.recall_reach = 0
+    # With recall: the heads read softmax(recall_sharpness x the match) of the earlier frames
+    # (1: the match's own softmax; larger: closer to the single best match).
+    c.recall_sharpness = 1.0
+    # With recall: the read skips the frames this near to t (frame t-1 the heads read anyway).
+    c.recall_skip = 0
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

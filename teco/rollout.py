@@ -66,8 +66,8 @@ def encoded_latent(model, table, prev_codes_BHW, codes_BHW):
 
 def recall_window(model, table, vq_hist_BNHW, actions_BN, t):
     """`recall` for frame t of a rollout: the recalled VQ embeddings of frames
-    t - recall_reach .. t - 1 (those that exist; by default seq_len - 1 back, the reach frame
-    t's recall has in training), matched by the actions since each of them [B, z_h, z_w, F]."""
+    t - recall_reach .. t - 1 - recall_skip (those that exist; by default seq_len - 1 back, the
+    reach frame t's recall has in training), matched by the actions since each of them [B, z_h, z_w, F]."""
     n = min(model.recall_reach, vq_hist_BNHW.shape[1])
     start = jnp.clip(jnp.asarray(t) - n, 0, vq_hist_BNHW.shape[1] - n)
     codes = jax.lax.dynamic_slice_in_dim(vq_hist_BNHW, start, n, axis=1)
@@ -78,7 +78,7 @@ def recall_window(model, table, vq_hist_BNHW, actions_BN, t):
     phase_t = (jax.lax.dynamic_index_in_dim(past_phases, jnp.asarray(t) - 1 - start, axis=1)
                + model.recall_match.turns(
                    jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1)))
-    valid = (start + jnp.arange(n) < t)[None, None, :]
+    valid = (start + jnp.arange(n) < jnp.asarray(t) - model.recall_skip)[None, None, :]
     return model.recall_frames(phase_t, past_phases, past, valid)[:, 0]
 
 

@@ -302,6 +302,12 @@ def test_config_errors_name_the_key():
     c = load_config("configs/dmlab.py", {"recall": True, "recall_reach": -1})
     with pytest.raises(ConfigError, match="config.recall_reach: -1 must be >= 0"):
         validate(c)
+    c = load_config("configs/dmlab.py", {"recall": True, "recall_sharpness": 0.0})
+    with pytest.raises(ConfigError, match="config.recall_sharpness: 0.0 must be > 0"):
+        validate(c)
+    c = load_config("configs/dmlab.py", {"recall": True, "recall_skip": 299})
+    with pytest.raises(ConfigError, match="config.recall_skip: 299 must be in"):
+        validate(c)
     c = load_config("configs/dmlab.py", {"batch_size": 12})
     with pytest.raises(ConfigError, match="config.batch_size: 12 is not divisible by the data-parallel size 8"):
         validate(c, 8)

@@ -146,6 +146,31 @@ def test_recall_rolls_out_like_the_reference_from_the_frames_in_reach():
         model.decoder_input(jnp.zeros((2, *model.z_shape, 8)))
 
 
+def test_recall_skips_the_nearest_frames_in_rollouts_and_clips_alike():
+    """recall_skip=2: frame t recalls from frames t - recall_reach .. t - 3 only, in a rollout
+    as in a training clip, and both rollout paths still agree."""
+    model, table = small_model(recall=True, prior_prev_frame=True, recall_reach=5, recall_skip=2)
+    spec = rollout.SamplerSpec(T_draft=2, T_revise=2, M=1)
+    got, want, _ = run_both(model, table, 2, 6, spec)
+    np.testing.assert_array_equal(got, want)
+    rng = np.random.default_rng(2)
+    hist = jnp.asarray(rng.integers(0, VQ_CODES, (2, 8, *GRID)), jnp.int32)
+    actions = jnp.asarray(rng.integers(0, 3, (2, 8)), jnp.int32)
+    t = 7
+    base = rollout.recall_window(model, table, hist, actions, t)
+    in_clip = model.recall_in_clip(actions[:, 2:], jnp.take(table, hist, axis=0)[:, 2:],
+                                   jnp.asarray([t - 2]))[:, 0]
+    np.testing.assert_allclose(np.asarray(base), np.asarray(in_clip), rtol=1e-5, atol=1e-5)
+    for frame, in_reach in ((1, False), (2, True), (4, True), (5, False), (6, False)):
+        changed = hist.at[:, frame].set((hist[:, frame] + 1) % VQ_CODES)
+        moved = not np.allclose(rollout.recall_window(model, table, changed, actions, t), base)
+        assert moved == in_reach, frame
+    early = rollout.recall_window(model, table, hist, actions, 2)   # nothing far enough back
+    np.testing.assert_array_equal(np.asarray(early), 0.0)
+    with pytest.raises(ValueError, match="recall_skip must be in"):
+        small_model(recall=True, recall_skip=3)   # seq_len 4: no frame left to recall
+
+
 def test_fixed_tokens_are_kept(model_and_table):
     model, table = model_and_table
     codes, actions = inputs(2, 2, 3)

@@ -17,6 +17,7 @@ from teco import losses
 from teco.convert import authors_to_nnx, config_from_authors
 from teco.models.maskgit import mask_ratio, sample_training_mask
 from teco.models.quantizer import FactorizedCodebook, quantize
+from teco.models.recall import PathMatch
 from teco.models.teco import TECO, teco_shell
 from teco.models.transformer import Transformer
 from teco.sharding import DEFAULT_RULES, make_mesh, state_shardings
@@ -306,6 +307,31 @@ def test_the_recall_match_learns_from_its_teacher_alone(tiny_batch):
     np.testing.assert_array_equal(moved, np.isin(np.arange(TINY["action_dim"] + 1),
                                                  np.asarray(actions)))   # the actions taken
     assert np.all(np.asarray(own["plane_weights"][...]) != 0)
+
+
+def test_recall_sharpness_leans_the_read_on_the_best_match():
+    """recall_sharpness 1 reads the match's own softmax average; a large one reads the best
+    match's frame alone (and is sure of it); the match itself is the same."""
+    rng = np.random.default_rng(4)
+    frames = jnp.asarray(rng.normal(size=(1, 5, 8, 8, 8)), jnp.float32)
+    actions = jnp.asarray(rng.integers(0, 3, (1, 5)), jnp.int32)
+    reads = {}
+    for sharpness in (1.0, 1e4):
+        g, st = nnx.split(nnx.eval_shape(lambda: TECO(**TINY, recall=True,
+                                                      recall_sharpness=sharpness,
+                                                      rngs=nnx.Rngs(0))))
+        m = nnx.merge(g, random_state(st))
+        m.recall_match = PathMatch(TINY["action_dim"], rngs=nnx.Rngs(0))   # as initialised
+        reads[sharpness] = np.asarray(m.recall_in_clip(actions, frames, np.array([4])))[0, 0]
+        logits = np.asarray(m.recall_match.clip_logits(actions))[0, 4, :4]
+    folded = np.asarray(m._fold(frames[0]))           # [5, z_h, z_w, F]
+    soft = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(reads[1.0][..., :-1], np.einsum("s,shwf->hwf", soft, folded[:4]),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reads[1e4][..., :-1], folded[logits.argmax()], rtol=1e-4, atol=1e-5)
+    assert soft.max() < 0.99   # the two reads differ
+    with pytest.raises(ValueError, match="recall_sharpness must be > 0"):
+        TECO(**TINY, recall=True, recall_sharpness=0.0, rngs=nnx.Rngs(0))
 
 
 def test_tiny_shapes_and_cond_not_quantised(tiny_forward, tiny, tiny_batch):

@@ -82,7 +82,8 @@ class TECO(nnx.Module):
                  encoder_frames_per_chunk: int = 0, decoder_prev_frame: bool = False,
                  prior_prev_frame: bool = False, prev_frame_noise: float = 0.0,
                  decoder_action: bool = False, prior_action: bool = False,
-                 recall: bool = False, recall_reach: int = 0, rngs: nnx.Rngs):
+                 recall: bool = False, recall_reach: int = 0, recall_sharpness: float = 1.0,
+                 recall_skip: int = 0, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -152,6 +153,18 @@ class TECO(nnx.Module):
         if recall_reach < 0:
             raise ValueError(f"TECO: recall_reach must be >= 0 (0: seq_len - 1), got {recall_reach}")
         self.recall_reach = int(recall_reach) or seq_len - 1
+        # The heads read the earlier frames averaged by softmax(recall_sharpness x the match):
+        # above 1 the read leans on the best match more than the match's own softmax, whose
+        # largest weight averaged 0.40 on `revisits` (a blurred average of views).
+        if recall_sharpness <= 0:
+            raise ValueError(f"TECO: recall_sharpness must be > 0, got {recall_sharpness}")
+        self.recall_sharpness = float(recall_sharpness)
+        # The read skips the recall_skip frames nearest to t: the heads read frame t-1 already
+        # (`<head>_prev_frame`), and near frames, the most alike, would otherwise crowd out the
+        # revisits that only recall brings back.
+        if recall_skip < 0 or recall_skip >= seq_len - 1:
+            raise ValueError(f"TECO: recall_skip must be in [0, seq_len - 1), got {recall_skip}")
+        self.recall_skip = int(recall_skip)
         if self.recall:
             if not use_actions:
                 raise ValueError("TECO: recall integrates the actions; it needs use_actions")
@@ -302,7 +315,7 @@ class TECO(nnx.Module):
         `recall_loss` alone (held still here): the heads' losses would outweigh it and, alone,
         they left an earlier match uniform (docs/demo_experiments.md, 2026-12-05 evening)."""
         logits = jax.lax.stop_gradient(self.recall_match.logits(phases_BQK, past_phases_BSK))
-        weights = jnp.exp(masked_log_softmax(logits, valid_BQS)) * valid_BQS
+        weights = jnp.exp(masked_log_softmax(logits * self.recall_sharpness, valid_BQS)) * valid_BQS
         sure = (jnp.sum(weights * logits, axis=-1)
                 / jax.lax.stop_gradient(jnp.sum(self.recall_match.weights())))
         folded = _flat_time(self._fold, past_vq_embeddings_BShwC.astype(jnp.float32))
@@ -311,8 +324,10 @@ class TECO(nnx.Module):
         return jnp.concatenate([recalled, sure], axis=-1)
 
     def _recall_valid(self, t: int, positions_Q):
-        """[1, Q, t]: frame s of a clip may be recalled by the frame at position p if s < p."""
-        return jnp.arange(t)[None, None, :] < jnp.asarray(positions_Q)[None, :, None]
+        """[1, Q, t]: frame s of a clip may be recalled by the frame at position p if
+        s < p - recall_skip."""
+        return (jnp.arange(t)[None, None, :]
+                < jnp.asarray(positions_Q)[None, :, None] - self.recall_skip)
 
     def recall_in_clip(self, actions_BT, vq_embeddings_BTHWC, positions_Q):
         """recall_frames for the clip's frames at `positions_Q`, each from the clip's frames
@@ -462,7 +477,8 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         decoder_action=config.get("decoder_action", False),
         prior_action=config.get("prior_action", False), recall=config.get("recall", False),
         recall_reach=config.get("recall_reach", 0),
-        rngs=rngs)
+        recall_sharpness=config.get("recall_sharpness", 1.0),
+        recall_skip=config.get("recall_skip", 0), rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
