@@ -67,7 +67,8 @@ def encoded_latent(model, table, prev_codes_BHW, codes_BHW):
 def recall_window(model, table, vq_hist_BNHW, actions_BN, t):
     """`recall` for frame t of a rollout: the recalled VQ embeddings of frames
     t - recall_reach .. t - 1 - recall_skip (those that exist; by default seq_len - 1 back, the
-    reach frame t's recall has in training), matched by the actions since each of them [B, z_h, z_w, F]."""
+    reach frame t's recall has in training), matched by the actions since each of them
+    [B, z_h, z_w, F]."""
     n = min(model.recall_reach, vq_hist_BNHW.shape[1])
     start = jnp.clip(jnp.asarray(t) - n, 0, vq_hist_BNHW.shape[1] - n)
     codes = jax.lax.dynamic_slice_in_dim(vq_hist_BNHW, start, n, axis=1)
