@@ -79,7 +79,7 @@ def recall_window(model, table, vq_hist_BNHW, actions_BN, t):
     phase_t = (jax.lax.dynamic_index_in_dim(past_phases, jnp.asarray(t) - 1 - start, axis=1)
                + model.recall_match.turns(
                    jax.lax.dynamic_index_in_dim(actions_BN, t, axis=1)))
-    valid = (start + jnp.arange(n) < jnp.asarray(t) - model.recall_skip)[None, None, :]
+    valid = model._recall_valid(n, (jnp.asarray(t) - start)[None])   # the clip's rule, t local
     return model.recall_frames(phase_t, past_phases, past, valid)[:, 0]
 
 
