@@ -83,6 +83,9 @@ def test_world_identity_per_window_against_the_real_frames_and_chance():
     acc = {k: [w["accuracy"] for w in s[k]] for k in ("real", "generated", "short_context")}
     assert acc == {"real": [1.0, 1.0], "generated": [1.0, 0.0], "short_context": [0.0, 0.0]}
     assert kept(s, "generated", 0) and not kept(s, "generated", -1) and kept(s, "real")
+    # The drifted window names the next episode's world: wrong, but spread over the worlds.
+    assert s["generated"][1]["named"] == [1, 1, 2, 2, 3, 3, 0, 0]
+    assert s["generated"][1]["most_named"] == 0.25
     for kind in ("real", "generated", "short_context"):
         for w in s[kind]:
             lo, hi = w["interval"]
@@ -112,7 +115,19 @@ def test_a_rollout_frozen_on_its_own_colours_shows_no_motion():
     s = world.summary(8)
     assert [w["accuracy"] for w in s["generated"]] == [1.0, 1.0]
     assert [w["motion"] for w in s["generated"]] == [0.0, 0.0]
+    assert s["generated"][0]["most_named"] == 0.25      # two clips of each of 4 worlds
     assert all(w["motion"] > 20 for w in s["real"])   # random wall pixels change every frame
+
+
+def test_rollouts_drifting_to_one_world_all_name_it():
+    """Every rollout ending in episode 0's colours: one world named, most_named 1."""
+    rng = np.random.default_rng(5)
+    real, fake, _, episodes = rollouts(rng)
+    fake[:, 6 + 16:] = np.stack([world_frames(0, 16, rng) for _ in episodes])
+    world = WorldIdentity(n_context=6, window=16)
+    world.add(real, fake, episodes)
+    last = world.summary(8)["generated"][-1]
+    assert last["named"] == [0] * 8 and last["most_named"] == 1.0 and last["accuracy"] == 0.25
 
 
 def test_world_identity_needs_two_episodes_and_no_short_rollouts():

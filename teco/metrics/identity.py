@@ -55,12 +55,16 @@ def hellinger(p_NK: np.ndarray, q_MK: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(1.0 - overlap, 0.0, 1.0))
 
 
+def nearest_episode(query_NK: np.ndarray, context_NK: np.ndarray,
+                    episodes_N: np.ndarray) -> np.ndarray:
+    """[N]: the episode of the context nearest to each query (the world it names)."""
+    return np.asarray(episodes_N)[hellinger(query_NK, context_NK).argmin(1)]
+
+
 def own_episode_nearest(query_NK: np.ndarray, context_NK: np.ndarray,
                         episodes_N: np.ndarray) -> np.ndarray:
     """bool [N]: whether the context nearest to each query was cut from the query's episode."""
-    nearest = hellinger(query_NK, context_NK).argmin(1)
-    episodes = np.asarray(episodes_N)
-    return episodes[nearest] == episodes
+    return nearest_episode(query_NK, context_NK, episodes_N) == np.asarray(episodes_N)
 
 
 class WorldIdentity:
@@ -114,7 +118,10 @@ class WorldIdentity:
                              "colours tell these episodes apart), 'chance': 1 / episodes; "
                              "intervals resample the episodes; 'motion': the mean absolute "
                              "change of a pixel (0-255) between consecutive frames of the "
-                             "window, near 0 for a rollout frozen on one view",
+                             "window, near 0 for a rollout frozen on one view; 'named': "
+                             "the episode each video's window names; 'most_named': the share "
+                             "of the videos naming the most named one (1 / episodes when the "
+                             "names spread, 1 when every window names one world)",
                "window": self.window, "videos": int(len(context)), "episodes": n_episodes,
                "chance": 1.0 / n_episodes}
         every_video = np.ones((len(context), 1), bool)
@@ -126,11 +133,16 @@ class WorldIdentity:
             out["start"] = [self.n_context + w * self.window for w in range(hist.shape[1])]
             out[kind] = []
             for w in range(hist.shape[1]):
-                hits = own_episode_nearest(hist[:, w], context, episodes)   # [N]
+                named = nearest_episode(hist[:, w], context, episodes)       # [N]
+                hits = named == episodes
                 stats = mean_interval(hits[:, None].astype(np.float64), every_video,
                                       groups_N=episodes)
+                # Wrong names spread over the episodes, or one world every rollout drifts to?
+                most_named = np.unique(named, return_counts=True)[1].max() / len(named)
                 out[kind].append({"accuracy": stats["mean"], "interval": stats["interval"],
-                                  "motion": float(motion[:, w].mean())})
+                                  "motion": float(motion[:, w].mean()),
+                                  "named": [int(e) for e in named],
+                                  "most_named": float(most_named)})
         return out
 
 
