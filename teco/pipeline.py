@@ -322,6 +322,11 @@ def headline(result: dict) -> str:
             lines.append(f"motion in those frames: the generated ones change by "
                          f"{last['generated']['motion']:.1f} per pixel from frame to frame, the "
                          f"real ones by {last['real']['motion']:.1f}")
+        if "most_named" in last["generated"]:  # wrong names on a few episodes: a common palette
+            lines.append(f"the episode named most often in those frames: by "
+                         f"{last['generated']['most_named']:.0%} of the generated windows, "
+                         f"{last['real']['most_named']:.0%} of the real ones (evenly spread: "
+                         f"{world['chance']:.0%})")
     use = result.get("action_use")
     if use:
         lo, hi = use["interval"]

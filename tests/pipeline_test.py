@@ -164,6 +164,11 @@ def test_headline_states_the_world_identity_of_the_last_window(accuracy, interva
     assert pipeline.headline(result).splitlines()[-1] == (
         "motion in those frames: the generated ones change by 4.2 per pixel from frame to "
         "frame, the real ones by 12.6")
+    for kind, share in (("real", 0.125), ("generated", 0.375)):
+        world[kind] = [dict(w, most_named=share) for w in world[kind]]
+    assert pipeline.headline(result).splitlines()[-1] == (
+        "the episode named most often in those frames: by 38% of the generated windows, 12% of "
+        "the real ones (evenly spread: 12%)")
 
 
 def test_headline_states_the_memory_check():
