@@ -38,15 +38,3 @@ def pytest_sessionfinish(session, exitstatus):
 
         shutil.rmtree(_own_cache, ignore_errors=True)
 
-
-# The modules that take longest, first: xdist hands tests out in collection order, so the two
-# workers start on the long ones and finish together on the short ones, instead of one worker
-# running the pipeline alone at the end. Whole modules move (stable sort), so a module's fixtures
-# are still set up once per worker.
-SLOW_MODULES_FIRST = ("pipeline_test", "teco_task_test", "multihost_test", "reliability_test",
-                      "train_test", "rollout_test", "teco_model_test", "memory_maze_test")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
