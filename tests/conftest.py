@@ -37,4 +37,3 @@ def pytest_sessionfinish(session, exitstatus):
         import shutil
 
         shutil.rmtree(_own_cache, ignore_errors=True)
-
