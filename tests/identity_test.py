@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from teco.metrics.identity import (BINS, WorldIdentity, colour_histograms, frame_motion,
-                                   hellinger, kept, own_episode_nearest)
+                                   hellinger, kept, nearest_episode)
 
 # Each episode's world: two wall colours on a shared grey floor (as mazes share floor and sky).
 PALETTES = [((200, 40, 40), (40, 40, 200)), ((40, 200, 40), (220, 220, 40)),
@@ -52,10 +52,10 @@ def test_a_window_with_another_worlds_colours_names_that_world():
     own = colour_histograms(np.stack([world_frames(e, 4, rng) for e in range(4)]))
     swapped = colour_histograms(np.stack([world_frames((e + 1) % 4, 4, rng) for e in range(4)]))
     episodes = np.arange(4)
-    assert own_episode_nearest(own, context, episodes).all()
-    assert not own_episode_nearest(swapped, context, episodes).any()
+    assert (nearest_episode(own, context, episodes) == episodes).all()
+    assert not (nearest_episode(swapped, context, episodes) == episodes).any()
     # Two clips of one episode: naming the other clip of the same walk is naming its world.
-    assert own_episode_nearest(own[[0, 0]], context[[1, 0]], np.array([5, 5])).all()
+    assert (nearest_episode(own[[0, 0]], context[[1, 0]], np.array([5, 5])) == 5).all()
 
 
 def rollouts(rng, n_context=6, predicted=32, drift_from=16):

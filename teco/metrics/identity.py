@@ -61,12 +61,6 @@ def nearest_episode(query_NK: np.ndarray, context_NK: np.ndarray,
     return np.asarray(episodes_N)[hellinger(query_NK, context_NK).argmin(1)]
 
 
-def own_episode_nearest(query_NK: np.ndarray, context_NK: np.ndarray,
-                        episodes_N: np.ndarray) -> np.ndarray:
-    """bool [N]: whether the context nearest to each query was cut from the query's episode."""
-    return nearest_episode(query_NK, context_NK, episodes_N) == np.asarray(episodes_N)
-
-
 class WorldIdentity:
     """Collects colour histograms batch by batch during evaluation; `summary` tells, per window
     of `window` predicted frames, how often the real, the generated and (with a memory check)
