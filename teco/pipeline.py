@@ -61,19 +61,40 @@ STAGES = ("data", "vqgan", "encode", "teco", "sample", "eval")
 
 
 class StageClock:
-    """Prints one banner per stage: what runs, time so far, and the expected time left (the
-    preset's reference minutes for the stages still to run; `reused` stages take none)."""
+    """Prints one banner per stage: what runs, time so far, and the expected time left: the
+    preset's reference minutes for the stages still to run (`reused` stages take none), scaled
+    by this machine's pace once a stage has run here (its minutes over its reference minutes:
+    the same first command took 34.6 and 50.3 min on the 2-core machines of two evenings)."""
 
     def __init__(self, minutes: dict[str, float], reused: set[str] = frozenset()):
         self.minutes = {k: 0.0 if k in reused else v for k, v in minutes.items()}
         self.t0 = time.time()
+        self._running: tuple[str, float] | None = None  # the stage timed now, and its start
+        self._took = {"reference": 0.0, "here": 0.0}    # minutes of the stages timed so far
 
-    def start(self, name: str, title: str, what: str) -> None:
+    def pace(self) -> float | None:
+        """This machine's minutes per reference minute over the stages timed so far."""
+        if self._took["reference"] <= 0:
+            return None
+        return self._took["here"] / self._took["reference"]
+
+    def start(self, name: str, title: str, what: str, timed: bool = True) -> None:
+        """`timed=False`: the stage resumes work done before (a training continued from its
+        checkpoint), so its minutes say nothing about the machine's pace."""
+        now = time.time()
+        if self._running:
+            done, since = self._running
+            self._took["reference"] += self.minutes[done]
+            self._took["here"] += (now - since) / 60
+        self._running = (name, now) if timed and self.minutes[name] > 0 else None
         i = STAGES.index(name)
         left = sum(self.minutes[s] for s in STAGES[i:])
+        pace = self.pace()
+        where = "on a 2-core CPU" if pace is None else (
+            f"at this machine's pace ({pace:.2f}x the reference 2-core CPU's minutes so far)")
         print(f"\n=== [{i + 1}/{len(STAGES)}] {title}: {what}\n    "
-              f"{(time.time() - self.t0) / 60:.1f} min so far, about {max(left, 1):.0f} min "
-              "left on a 2-core CPU", flush=True)
+              f"{(now - self.t0) / 60:.1f} min so far, about {max(left * (pace or 1), 1):.0f} "
+              f"min left {where}", flush=True)
 
 
 def _stamp(path: Path, **facts) -> None:
@@ -230,7 +251,8 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
     else:
         build_data(preset, data_dir)
 
-    clock.start("vqgan", "VQ-GAN", f"{vq_config.total_steps} steps -> {vq_dir}")
+    clock.start("vqgan", "VQ-GAN", f"{vq_config.total_steps} steps -> {vq_dir}",
+                timed=not _checkpoint_steps(vq_dir))
     if reused["vqgan"]:
         print("reusing the finished VQ-GAN")
     else:
@@ -245,7 +267,8 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
         print(json.dumps(stats))
         _stamp(codes_dir / "stamp.json", **stamp)
 
-    clock.start("teco", "TECO", f"{teco_config.total_steps} steps -> {teco_dir}")
+    clock.start("teco", "TECO", f"{teco_config.total_steps} steps -> {teco_dir}",
+                timed=not _checkpoint_steps(teco_dir))
     if reused["teco"]:
         print("reusing the finished TECO")
     else:

@@ -95,6 +95,28 @@ def test_eta_leaves_out_the_stages_a_rerun_reuses(capsys):
     assert "about 4 min left" in capsys.readouterr().out
 
 
+def test_eta_follows_the_pace_of_the_stages_run_here(capsys, monkeypatch):
+    minutes = dict(data=2, vqgan=10, encode=3, teco=24, sample=1, eval=4)
+    now = [1000.0]
+    monkeypatch.setattr(pipeline.time, "time", lambda: now[0])
+    clock = pipeline.StageClock(minutes, reused={"data"})
+    clock.start("data", "data", "x")
+    assert "about 42 min left on a 2-core CPU" in capsys.readouterr().out
+    clock.start("vqgan", "VQ-GAN", "x")
+    assert clock.pace() is None      # a reused stage's (near) zero minutes say nothing
+    now[0] += 15 * 60                # the VQ-GAN took 15 min of its 10: this machine is slower
+    clock.start("encode", "encode", "x")
+    out = capsys.readouterr().out
+    assert "15.0 min so far, about 48 min left at this machine's pace (1.50x" in out
+    now[0] += 3 * 60                 # encode on time: 18 min for 13 -> 1.38x
+    clock.start("teco", "TECO", "x", timed=False)   # resumed from a checkpoint: not timed
+    assert "about 40 min left" in capsys.readouterr().out
+    now[0] += 60                     # a minute of resumed training leaves the pace alone
+    clock.start("sample", "sample", "x")
+    assert clock.pace() == pytest.approx(18 / 13)
+    assert "about 7 min left" in capsys.readouterr().out
+
+
 def test_a_teco_run_without_its_vqgan_is_refused_untouched(capsys, tmp_path):
     """A finished TECO whose VQ-GAN is gone was trained on codes a new VQ-GAN would not make."""
     step = tmp_path / "teco" / "checkpoints" / "900"
