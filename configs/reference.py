@@ -106,6 +106,10 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
         "loss.lpips_net": "LPIPS backbone, 'alexnet' (the paper's metric) or 'vgg16', of the loss "
                           "and of the eval lpips that picks the best checkpoint "
                           "(teco/tasks/vqgan.py).",
+        "loss.lpips_min_side": "Frames narrower than this many pixels (or than the LPIPS net's "
+                               "minimum, AlexNet 31) are upsampled by a whole factor before "
+                               "LPIPS, in the loss and in eval; 0: up to the net's minimum only "
+                               "(teco/tasks/vqgan.py).",
         "loss.disc_weight": "Multiplies the adaptive weight lambda of L_GAN; 0 turns the GAN and "
                             "the discriminator off (teco/tasks/vqgan.py).",
         "loss.disc_start": "Step at which the GAN term and the discriminator's updates start; "

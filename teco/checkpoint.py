@@ -62,6 +62,11 @@ RESUMABLE_KEYS = frozenset({
     "remat", "encoder_frames_per_chunk", "checkpoint_timeout_secs", "data.cache_mb"})
 
 
+# Keys added to the configs since runs were saved without them, with the value that does what
+# those runs did: a saved config lacking one resumes as if it held that value.
+ADDED_KEYS = {"loss.lpips_min_side": 0}
+
+
 class ConfigMismatch(ValueError):
     """A workdir's checkpoints were written by a config that differs from the given one."""
 
@@ -77,10 +82,12 @@ def _flat(tree, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(old: dict, new) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (old, new)} over every key of either config, compared as JSON (tuples and
-    lists are equal); a key missing on one side is shown as '(absent)'."""
+    lists are equal); a key missing on one side is shown as '(absent)' (in `old`, keys of
+    `ADDED_KEYS` read as their value there)."""
     if not isinstance(new, dict):
         new = json.loads(new.to_json_best_effort(sort_keys=True))
     old, new = _flat(json.loads(json.dumps(old))), _flat(json.loads(json.dumps(new)))
+    old.update({k: v for k, v in ADDED_KEYS.items() if k in new and k not in old})
     absent = "(absent)"
     return {k: (old.get(k, absent), new.get(k, absent)) for k in sorted(set(old) | set(new))
             if old.get(k, absent) != new.get(k, absent)}

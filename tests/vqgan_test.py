@@ -104,6 +104,23 @@ def test_bad_sizes_raise():
         model.encode(jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
 
 
+def test_lpips_sees_frames_of_at_least_lpips_min_side():
+    """Frames go to LPIPS upsampled by a whole factor to the net's minimum (AlexNet 31 px), or
+    to `loss.lpips_min_side` where larger (the tiny config's 16 px frames: 64 px)."""
+    from teco.config import load_config as load
+    from teco.tasks.vqgan import _upsample_to
+
+    tiny = load(f"{CONFIGS}/memory_maze_vqgan.py:tiny")
+    assert VQGANTask(tiny).lpips_side == 64
+    assert _upsample_to(jnp.zeros((2, 16, 16, 3)), 64).shape == (2, 64, 64, 3)
+    assert _upsample_to(jnp.zeros((2, 24, 24, 3)), 31).shape == (2, 48, 48, 3)
+    assert _upsample_to(jnp.zeros((2, 64, 64, 3)), 31).shape == (2, 64, 64, 3)
+    full = load(f"{CONFIGS}/memory_maze_vqgan.py")
+    assert full.loss.lpips_min_side == 0 and VQGANTask(full).lpips_side == 31
+    with pytest.raises(ValueError, match="loss.lpips_min_side must be >= 0, got -1"):
+        VQGANTask(load(f"{CONFIGS}/memory_maze_vqgan.py:tiny", {"loss.lpips_min_side": -1}))
+
+
 def test_remat_same_loss_and_grads():
     """`remat` recomputes the res blocks in the backward pass: the same loss and gradients.
     (Its memory saving is not asserted: XLA's CPU memory analysis does not show one, for TECO's

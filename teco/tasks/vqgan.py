@@ -70,7 +70,8 @@ def restart_dead_codes(codebook_KP, usage_K, candidates_NP, key, *, threshold: f
 
 
 def _upsample_to(x_NHWC, min_size: int):
-    """Nearest-neighbour upsampling so LPIPS' AlexNet (>= 31 px) also works on tiny frames."""
+    """Nearest-neighbour upsampling by a whole factor to at least `min_size` px, so LPIPS'
+    AlexNet (>= 31 px) also works on tiny frames."""
     f = max(1, math.ceil(min_size / x_NHWC.shape[1]))
     return x_NHWC if f == 1 else jnp.repeat(jnp.repeat(x_NHWC, f, axis=1), f, axis=2)
 
@@ -94,7 +95,11 @@ class VQGANTask(ConfigKeyed):
             raise ValueError(f"loss.pixel must be 'l1' or 'l2', got {loss.pixel!r}")
         if loss.disc_loss not in ("hinge", "non_saturating"):
             raise ValueError(f"loss.disc_loss must be 'hinge' or 'non_saturating', got {loss.disc_loss!r}")
+        if int(loss.get("lpips_min_side", 0)) < 0:
+            raise ValueError(f"loss.lpips_min_side must be >= 0, got {loss.lpips_min_side}")
         self.lpips = LPIPS(loss.lpips_net)
+        # configs saved before loss.lpips_min_side existed upsampled to the net's minimum only
+        self.lpips_side = max(self.lpips.min_size, int(loss.get("lpips_min_side", 0)))
         self.use_disc = loss.disc_weight > 0 and loss.disc_start < config.total_steps
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
         self.tx, self.schedule = optim.make_optimizer(config)
@@ -142,7 +147,7 @@ class VQGANTask(ConfigKeyed):
         total = loss_cfg.pixel_weight * pixel
         parts = {"pixel_loss": pixel}
         if loss_cfg.lpips_weight > 0:
-            up = lambda v: _upsample_to(v, self.lpips.min_size)
+            up = lambda v: _upsample_to(v, self.lpips_side)
             perceptual = jnp.mean(self.lpips.apply(lpips_params, up(x_hat), up(x)))
             total = total + loss_cfg.lpips_weight * perceptual
             parts["lpips_loss"] = perceptual
@@ -258,7 +263,7 @@ class VQGANTask(ConfigKeyed):
         rec, _ = self.rec_loss(x_hat, x, consts["lpips"])
         x_u8, x_hat_u8 = quantize(x), quantize(x_hat)
         to_float = lambda u: u.astype(jnp.float32) / 127.5 - 1.0
-        up = lambda v: _upsample_to(to_float(v), self.lpips.min_size)
+        up = lambda v: _upsample_to(to_float(v), self.lpips_side)
         out = {"psnr": psnr(x_u8, x_hat_u8),
                "lpips": self.lpips.apply(consts["lpips"], up(x_u8), up(x_hat_u8)),
                "rec_loss": rec,
