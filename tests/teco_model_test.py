@@ -416,8 +416,10 @@ def test_transformer_remat_and_bf16(small_transformer):
         results[name] = jit(loss if name == "bf16" else jax.value_and_grad(loss))(st, x)
     (l0, g0), (l1, g1), l2 = results["base"], results["remat"], results["bf16"]
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
+    # Gradients of size ~1: the recomputed forward pass rounds a little differently (1.6e-6 on
+    # one element with the tests' XLA flags).
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(float(l2), float(l0), rtol=0.05)
 
 
