@@ -113,7 +113,7 @@ def test_eval_and_rollout_picture(task):
     state, _, shardings = train.create_train_state(task, task.config, mesh)
     consts = task.constants()
     batch = code_batch(task)
-    out = train.make_eval_step(task, mesh, shardings)(state, batch, consts)  # as the trainer runs it
+    out = train.make_eval_step(task, mesh, shardings)(state, batch, consts)  # as trained: jitted
     summary = task.eval_summary([jax.device_get(out)])
     assert {"trans_loss", "recon_acc", "prior_acc"} <= set(summary)
     pics = task.visualize(state, batch, consts)
