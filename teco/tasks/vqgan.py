@@ -95,11 +95,12 @@ class VQGANTask(ConfigKeyed):
             raise ValueError(f"loss.pixel must be 'l1' or 'l2', got {loss.pixel!r}")
         if loss.disc_loss not in ("hinge", "non_saturating"):
             raise ValueError(f"loss.disc_loss must be 'hinge' or 'non_saturating', got {loss.disc_loss!r}")
-        if int(loss.get("lpips_min_side", 0)) < 0:
-            raise ValueError(f"loss.lpips_min_side must be >= 0, got {loss.lpips_min_side}")
-        self.lpips = LPIPS(loss.lpips_net)
         # configs saved before loss.lpips_min_side existed upsampled to the net's minimum only
-        self.lpips_side = max(self.lpips.min_size, int(loss.get("lpips_min_side", 0)))
+        min_side = int(loss.get("lpips_min_side", 0))
+        if min_side < 0:
+            raise ValueError(f"loss.lpips_min_side must be >= 0, got {min_side}")
+        self.lpips = LPIPS(loss.lpips_net)
+        self.lpips_side = max(self.lpips.min_size, min_side)
         self.use_disc = loss.disc_weight > 0 and loss.disc_start < config.total_steps
         self.graphdef, _ = nnx.split(nnx.eval_shape(lambda: self.make_model(nnx.Rngs(0))))
         self.tx, self.schedule = optim.make_optimizer(config)
