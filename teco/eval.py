@@ -99,7 +99,12 @@ def parse(argv):
     p.add_argument("--fvd_window", type=at_least(0), default=16,
                    help="also FVD of consecutive windows of this many frames, plotted over time "
                    "in fvd.png (0: off)")
-    p.add_argument("--num_saved_videos", type=at_least(0), default=4)
+    p.add_argument("--num_saved_videos", type=at_least(0), default=4,
+                   help="batches written as videos/batch_NN.mp4 (real | generated)")
+    p.add_argument("--samples_out", default=None, metavar="DIR",
+                   help="also write the first --num_samples rollouts as teco.sample writes its "
+                   "own (samples.npz, videos/) to DIR, without imagining them again")
+    p.add_argument("--num_samples", type=at_least(1), default=4)
     p.add_argument("--memory_check", type=at_least(0), default=0, metavar="K",
                    help="on data with poses, also imagine the same frames from only the last K "
                    "context frames and compare the two on revisits of places that only the full "
@@ -221,6 +226,8 @@ def run(args) -> dict:
 
     out = Path(args.out or Path(args.workdir) / "eval" / args.protocol)
     check_out_dir(out)
+    if args.samples_out:
+        check_out_dir(Path(args.samples_out), "--samples_out")
     if args.protocol == "teacher_forced":
         result = teacher_forced(args)
         out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +263,7 @@ def run(args) -> dict:
     # The last context frame held still: a model that learnt the dynamics beats it.
     repeat_last = {k: [] for k in per_frame}
     reals, fakes, saved = [], [], []
+    samples = {"codes": [], "actions": [], "real": [], "video": []}  # for --samples_out
     memory = PlaceMemory(context, short_context=args.memory_check,
                          window=int(stage.model.seq_len))
     world = WorldIdentity(context)
@@ -320,6 +328,9 @@ def run(args) -> dict:
             fakes.append(fake)
         if len(saved) < args.num_saved_videos:
             saved.append((ref, fake))
+        if args.samples_out and sum(map(len, samples["codes"])) < args.num_samples:
+            for k, v in zip(samples, (new_codes, actions, ref, fake)):
+                samples[k].append(v)
         bar.update(len(real))
     bar.close()
     n = sum(len(v) for v in (per_frame.get("psnr") or reals))
@@ -355,7 +366,8 @@ def run(args) -> dict:
                          "note": "I3D (Kinetics-400) logits of the whole videos, context included"}
         if args.fvd_window:
             result["fvd_windows"] = fvd_over_time(i3d, np.concatenate(reals)[:n],
-                                                  np.concatenate(fakes)[:n], args.fvd_window)
+                                                  np.concatenate(fakes)[:n], args.fvd_window,
+                                                  context=context)
     if memory.videos:
         result["revisits"] = memory.summary(n)
     identity = world.summary(n)
@@ -391,6 +403,12 @@ def run(args) -> dict:
     for j, (ref, fake) in enumerate(saved):
         videos.write_video(out / "videos" / f"batch_{j:02d}.mp4",
                            videos.comparison(ref, fake, context))
+    if samples["codes"]:
+        from teco.sample import write_samples
+
+        k = args.num_samples
+        write_samples(Path(args.samples_out), n_context=context, step=stage.step, start=start,
+                      **{name: np.concatenate(parts)[:k] for name, parts in samples.items()})
     return result
 
 
@@ -563,22 +581,27 @@ class PlaceMemory:
                              self.n_context, title=title, extra_row=extra)
 
 
-def fvd_over_time(i3d, real_NTHWC, fake_NTHWC, window: int) -> dict | None:
+def fvd_over_time(i3d, real_NTHWC, fake_NTHWC, window: int,
+                  context: int | None = None) -> dict | None:
     """FVD of each run of `window` consecutive frames (pooled over the videos): how far the
-    generated frames drift from real ones as the rollout goes on. None if the videos are
-    shorter than two windows or the window is shorter than I3D needs."""
+    generated frames drift from real ones as the rollout goes on. With `context`, the windows
+    start where the context ends (one more just before it, where the generated videos are the
+    context's VQ-GAN reconstructions: the floor the rollouts start from); without, at frame 0.
+    None if that gives fewer than two windows or the window is shorter than I3D needs."""
     from teco.metrics import MIN_FRAMES, fvd_from_features
 
     t = real_NTHWC.shape[1]
-    if window < MIN_FRAMES or t < 2 * window:
+    first = 0 if context is None else context % window
+    starts = list(range(first, t - window + 1, window))
+    if context is not None:
+        starts = [s for s in starts if s >= context - window]
+    if window < MIN_FRAMES or len(starts) < 2:
         return None
-    starts = list(range(0, t - window + 1, window))
     values = [fvd_from_features(i3d.features(real_NTHWC[:, s:s + window]),
                                 i3d.features(fake_NTHWC[:, s:s + window])) for s in starts]
     return {"window": window, "start": starts, "fvd": values,
             "note": "pooled FVD of frames [start, start + window) of every video; windows "
                     "before the context's end compare the context's VQ-GAN reconstructions"}
-
 
 
 def main(argv=None) -> int:

@@ -151,10 +151,10 @@ def no_clips_error(data_config, args, frames: int) -> ValueError:
                       f"least {frames} frames: nothing to read (a partial batch is not used)")
 
 
-def check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path, flag: str = "--out") -> None:
     """Before any slow work: an output path that cannot be a directory fails at once."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a directory")
+        raise ValueError(f"{flag} {out} is a file, not a directory")
 
 
 def main(argv=None) -> int:
@@ -208,44 +208,49 @@ def main(argv=None) -> int:
             if args.context_npz:
                 raise ValueError(f"--context_npz {args.context_npz} holds no videos")
             raise no_clips_error(config.data, args, n_context + n_new)
-        write_samples(stage, args, out, results, n_context, start)
+        n = args.num_videos
+        codes = np.concatenate(results["codes"])[:n]
+        if stage.vqgan is not None:
+            video = generate.decode_codes(stage.vqgan, codes)
+            if results["real"][0] is not None:
+                real = np.concatenate(results["real"])[:n]
+            else:  # data given as codes: the real row is the VQ-GAN's reconstruction of them
+                true = np.concatenate(results["true"])[:n]
+                real = _pad_future(generate.decode_codes(stage.vqgan, true), video.shape[1])
+        else:  # an authors' model without its VQ-GAN: false-colour codes
+            video = generate.codes_to_rgb(stage.table, codes)
+            real = _pad_future(video[:, :n_context], video.shape[1])
+        write_samples(out, video=video, real=real, codes=codes,
+                      actions=np.concatenate(results["actions"])[:n], n_context=n_context,
+                      step=stage.step, start=start, upscale=args.upscale, fps=args.fps)
     except (ValueError, OSError) as e:  # bad input or an unwritable --out: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def write_samples(stage, args, out: Path, results, n_context: int, start: float) -> None:
-    from teco import generate, videos
+def write_samples(out: Path, *, video, real, codes, actions, n_context: int, step: int,
+                  start: float, upscale: int = 2, fps: int = 8) -> None:
+    """samples.npz and videos/ (module docstring) for imagined frames `video` uint8 [N, T, H, W,
+    3] shown beside `real` (same shape), from `codes` [N, T, h, w] and `actions` [N, T]."""
+    from teco import videos
 
-    codes = np.concatenate(results["codes"])[:args.num_videos]
-    actions = np.concatenate(results["actions"])[:args.num_videos]
-    if stage.vqgan is not None:
-        video = generate.decode_codes(stage.vqgan, codes)
-        if results["real"][0] is not None:
-            real = np.concatenate(results["real"])[:args.num_videos]
-        else:  # data given as codes: the real row is the VQ-GAN's reconstruction of them
-            true = np.concatenate(results["true"])[:args.num_videos]
-            real = _pad_future(generate.decode_codes(stage.vqgan, true), video.shape[1])
-    else:  # an authors' model without its VQ-GAN: false-colour codes
-        video = generate.codes_to_rgb(stage.table, codes)
-        real = _pad_future(video[:, :n_context], video.shape[1])
     out.mkdir(parents=True, exist_ok=True)
     # Written beside and renamed: a failed write never leaves a truncated samples.npz behind.
     tmp = out / "samples.npz.tmp"
     with open(tmp, "wb") as f:
         np.savez_compressed(f, video=video, real=real, codes=codes.astype(np.int16),
-                            actions=actions, n_context=n_context, step=stage.step)
+                            actions=actions, n_context=n_context, step=step)
     tmp.replace(out / "samples.npz")
-    grid = videos.comparison(real, video, n_context, args.upscale)
-    videos.write_video(out / "videos" / "grid.mp4", grid, args.fps)
-    videos.write_video(out / "videos" / "grid.gif", grid[::2], max(1, args.fps // 2))
+    grid = videos.comparison(real, video, n_context, upscale)
+    videos.write_video(out / "videos" / "grid.mp4", grid, fps)
+    videos.write_video(out / "videos" / "grid.gif", grid[::2], max(1, fps // 2))
     for i in range(len(video)):
         videos.write_video(out / "videos" / f"video_{i:03d}.mp4",
-                           videos.comparison(real[i:i + 1], video[i:i + 1], n_context,
-                                             args.upscale), args.fps)
+                           videos.comparison(real[i:i + 1], video[i:i + 1], n_context, upscale),
+                           fps)
     print(f"{len(video)} videos of {video.shape[1]} frames ({n_context} context) from step "
-          f"{stage.step} in {time.time() - start:.0f}s -> {out}")
+          f"{step} in {time.time() - start:.0f}s -> {out}")
 
 
 def _pad_future(frames_BTHWC, total: int):

@@ -227,12 +227,13 @@ def test_bad_flag_values(capsys, tmp_path, name, argv, needle):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["sample", "eval"])
-def test_out_is_a_file(capsys, tmp_path, name):
+@pytest.mark.parametrize("name,flag", [("sample", "--out"), ("eval", "--out"),
+                                       ("eval", "--samples_out")])
+def test_out_is_a_file(capsys, tmp_path, name, flag):
     out = tmp_path / "out"
     out.write_text("keep me")
-    expect_error(capsys, cli(name, f"--workdir={tmp_path}", f"--out={out}"),
-                 rf"--out {re.escape(str(out))} is a file, not a directory")
+    expect_error(capsys, cli(name, f"--workdir={tmp_path}", f"{flag}={out}"),
+                 rf"{flag} {re.escape(str(out))} is a file, not a directory")
     assert out.read_text() == "keep me"
 
 

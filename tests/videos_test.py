@@ -70,6 +70,12 @@ def test_fvd_over_time_grows_where_the_videos_part(tmp_path):
     assert w["fvd"][0] == pytest.approx(0, abs=1e-4) and w["fvd"][1] == pytest.approx(0, abs=1e-4)
     assert min(w["fvd"][2:]) > 100
     assert fvd_over_time(MeanColourFeatures(), real, fake, 21) is None   # fewer than 2 windows
+    # Windows from the context's end, and one just before it (the reconstructions' floor).
+    after = fvd_over_time(MeanColourFeatures(), real, fake, 10, context=20)
+    assert after["start"] == [10, 20, 30] and after["fvd"][0] < 1e-4 and min(after["fvd"][1:]) > 100
+    assert fvd_over_time(MeanColourFeatures(), real, fake, 10, context=23)["start"] == [13, 23]
+    assert fvd_over_time(MeanColourFeatures(), real, fake, 10, context=5)["start"] == [5, 15, 25]
+    assert fvd_over_time(MeanColourFeatures(), real, fake, 10, context=31) is None
     assert fvd_over_time(MeanColourFeatures(), real, fake, 4) is None    # shorter than I3D needs
     path = videos.plot_fvd(tmp_path / "fvd.png", w["start"], w["fvd"], 10, 20)
     assert path.stat().st_size > 0
