@@ -407,7 +407,7 @@ def run(args) -> dict:
         from teco.sample import write_samples
 
         k = args.num_samples
-        write_samples(Path(args.samples_out), n_context=context, step=stage.step, start=start,
+        write_samples(Path(args.samples_out), n_context=context, step=stage.step,
                       **{name: np.concatenate(parts)[:k] for name, parts in samples.items()})
     return result
 

@@ -230,9 +230,10 @@ def main(argv=None) -> int:
 
 
 def write_samples(out: Path, *, video, real, codes, actions, n_context: int, step: int,
-                  start: float, upscale: int = 2, fps: int = 8) -> None:
+                  start: float | None = None, upscale: int = 2, fps: int = 8) -> None:
     """samples.npz and videos/ (module docstring) for imagined frames `video` uint8 [N, T, H, W,
-    3] shown beside `real` (same shape), from `codes` [N, T, h, w] and `actions` [N, T]."""
+    3] shown beside `real` (same shape), from `codes` [N, T, h, w] and `actions` [N, T].
+    `start`: when the sampling began (time.time()), for the closing line."""
     from teco import videos
 
     out.mkdir(parents=True, exist_ok=True)
@@ -249,8 +250,9 @@ def write_samples(out: Path, *, video, real, codes, actions, n_context: int, ste
         videos.write_video(out / "videos" / f"video_{i:03d}.mp4",
                            videos.comparison(real[i:i + 1], video[i:i + 1], n_context, upscale),
                            fps)
+    took = "" if start is None else f" in {time.time() - start:.0f}s"
     print(f"{len(video)} videos of {video.shape[1]} frames ({n_context} context) from step "
-          f"{step} in {time.time() - start:.0f}s -> {out}")
+          f"{step}{took} -> {out}")
 
 
 def _pad_future(frames_BTHWC, total: int):
