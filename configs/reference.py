@@ -188,16 +188,6 @@ SECTIONS: tuple[tuple[str, dict], ...] = (
                        "recall frames up to t - 1 - recall_skip); the heads read frame t-1 anyway "
                        "(default 0) (teco/models/teco.py _recall_valid, teco/rollout.py "
                        "recall_window).",
-        "palette": "Not in the paper: the decoder and the MaskGit prior also read the palette of "
-                   "all earlier frames: the shares of the VQ codes each frame is made of, "
-                   "averaged over the frames before t (in training the clip's, in rollouts every "
-                   "frame from the first context frame on, however far the window has slid), "
-                   "projected and broadcast over z_t's grid; blind to where a code is. Walls that "
-                   "turn into view should take the maze's colours; models with it cannot load the "
-                   "authors' checkpoints (default False) (teco/models/teco.py palette_of, "
-                   "teco/rollout.py palette_window).",
-        "palette_dim": "With palette: the channels the palette is projected to (default 32) "
-                       "(teco/models/teco.py palette_of).",
         "embedding_dim": "Channels D of TECO's latent z_t and of h_t after the temporal "
                          "transformer (paper: 64) (teco/models/teco.py).",
         "codebook.n_codes": "Size of TECO's own codebook, also MaskGit's vocabulary (paper: 1024) "

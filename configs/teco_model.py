@@ -46,11 +46,6 @@ def teco_model_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.recall_sharpness = 1.0
     # With recall: the read skips the frames this near to t (frame t-1 the heads read anyway).
     c.recall_skip = 0
-    # Not in the paper: the decoder and the prior also read the palette of all earlier frames
-    # (the shares of the VQ codes they were made of, from a rollout's first frame on, past the
-    # window): the colours of walls that turn into view are the maze's.
-    c.palette = False
-    c.palette_dim = 32
     c.embedding_dim = 64
     # The encoder runs on every frame of the clip: >0 runs it on this many time steps at a time,
     # recomputed in the backward pass (less activation memory at the same result, more compute).

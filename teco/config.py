@@ -84,8 +84,6 @@ def validate(config, n_devices: int | None = None) -> None:
               f"{c.get('recall_sharpness', 1.0)} must be > 0")
         _need(0 <= c.get("recall_skip", 0) < c.seq_len - 1, "recall_skip",
               f"{c.get('recall_skip', 0)} must be in [0, seq_len - 1 = {c.seq_len - 1})")
-        _need(c.get("palette_dim", 32) >= 1, "palette_dim",
-              f"{c.get('palette_dim', 32)} must be >= 1")
         for flag in ("decoder_action", "prior_action"):
             _need(not c.get(flag, False) or c.get("use_actions", True), flag,
                   "True has no effect with use_actions=False (every action is the same)")

@@ -38,8 +38,10 @@ def frame_nll(model, table, codes_BTHW, actions_BT):
     actions_emb = model.embed_actions(actions_BT)
     deter = model.temporal_transformer(z_emb, actions_emb, cond)
     masked = jnp.full(z_codes.shape, MASK_TOKEN, z_codes.dtype)
-    recalled = model.past_in_clip(actions_BT, codes_BTHW, vq_emb,
-                                  model.n_cond + jnp.arange(deter.shape[1]))
+    recalled = None
+    if model.recall:
+        positions = model.n_cond + jnp.arange(deter.shape[1])
+        recalled = model.recall_in_clip(actions_BT, vq_emb, positions)
     logits = model.maskgit_step(masked, deter, vq_emb[:, model.n_cond - 1:-1],
                                 actions_emb[:, model.n_cond:], recalled).astype(jnp.float32)
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits), z_codes[..., None], axis=-1)

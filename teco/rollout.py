@@ -83,30 +83,14 @@ def recall_window(model, table, vq_hist_BNHW, actions_BN, t):
     return model.recall_frames(phase_t, past_phases, past, valid)[:, 0]
 
 
-def palette_window(model, vq_hist_BNHW, t):
-    """`palette` for frame t of a rollout: the codes of every frame before it, from the
-    rollout's first (the real context's frames stay in it however far the window slides)
-    [B, z_h, z_w, palette_dim]."""
-    valid = jnp.arange(vq_hist_BNHW.shape[1])[None, None, :] < jnp.asarray(t)
-    return model.palette_of(vq_hist_BNHW, valid)[:, 0]
-
-
 def _recalled(model, table, vq_hist_BNHW, actions_BN, t, guided: bool):
-    """What the heads read of frames before t-1 (recall_window, palette_window) with the
-    actions, and without any (the unconditioned side of guidance)."""
-    if not model.reads_past:
+    """recall_window with the actions, and without any (the unconditioned side of guidance)."""
+    if not model.recall:
         return None, None
-
-    def past(actions):
-        parts = []
-        if model.recall:
-            parts.append(recall_window(model, table, vq_hist_BNHW, actions, t))
-        if model.palette:
-            parts.append(palette_window(model, vq_hist_BNHW, t))
-        return jnp.concatenate(parts, axis=-1)
-
-    recalled = past(actions_BN)
-    return recalled, (past(jnp.full_like(actions_BN, -1)) if guided else None)
+    recalled = recall_window(model, table, vq_hist_BNHW, actions_BN, t)
+    if not guided:
+        return recalled, None
+    return recalled, recall_window(model, table, vq_hist_BNHW, jnp.full_like(actions_BN, -1), t)
 
 
 def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: SamplerSpec,
@@ -125,10 +109,10 @@ def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: Sampler
     if model.reads_prev_frame:
         prev = jnp.take(table, prev_codes_BHW.astype(jnp.int32), axis=0)
     recalled, recalled_u = recalled_BHWC, recalled_uncond_BHWC
-    if model.reads_past:
+    if model.recall:
         if recalled is None or (spec.guided and recalled_u is None):
-            raise ValueError("decode_frame: a model with recall or palette needs what it reads "
-                             "of earlier frames (rollout._recalled)")
+            raise ValueError("decode_frame: a model with recall needs the recalled frames "
+                             "(recall_window)")
         recalled_u = recalled_u if spec.guided else recalled
     cond = model.prior_condition(deter_BHWC, prev, action_emb_BA, recalled)
     cond_u = (model.prior_condition(deter_uncond_BHWC, prev, action_emb_uncond_BA, recalled_u)

@@ -31,13 +31,13 @@ def clip(seed, t=12, b=2):
     return rng.integers(0, VQ_CODES, (b, t, *GRID)), rng.integers(0, 3, (b, t))
 
 
-@pytest.mark.parametrize("past", [None, "recall", "palette"])
+@pytest.mark.parametrize("recall", [False, True])
 def test_each_frame_sees_its_window_and_the_short_context_only_its_last_frames(model_and_table,
-                                                                             past):
-    """(recall, palette: what a frame recalls, and its palette, stay inside its window too.)"""
+                                                                             recall):
+    """(recall: what a frame recalls stays inside its window too.)"""
     model, table = model_and_table
-    if past:
-        model = TECO(**MODEL, **{past: True}, rngs=nnx.Rngs(0))
+    if recall:
+        model = TECO(**MODEL, recall=True, rngs=nnx.Rngs(0))
     codes, actions = clip(0)
     # 5 context frames, the last 2 kept: short windows start at frame 3, so frames 5..8 are
     # probed (a 6-frame window from 3 ends at 8) and 9..11 are not.

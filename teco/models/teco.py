@@ -83,8 +83,7 @@ class TECO(nnx.Module):
                  prior_prev_frame: bool = False, prev_frame_noise: float = 0.0,
                  decoder_action: bool = False, prior_action: bool = False,
                  recall: bool = False, recall_reach: int = 0, recall_sharpness: float = 1.0,
-                 recall_skip: int = 0, palette: bool = False, palette_dim: int = 32,
-                 rngs: nnx.Rngs):
+                 recall_skip: int = 0, rngs: nnx.Rngs):
         h, w = (int(s) for s in latent_shape)
         down = 2 ** (len(encoder_depths) - 1)
         if h % down or w % down:
@@ -171,16 +170,6 @@ class TECO(nnx.Module):
                 raise ValueError("TECO: recall integrates the actions; it needs use_actions")
             self.recall_match = PathMatch(action_dim, rngs=rngs)
         recall_features = (prev_features + 1) * self.recall
-        # Palette: the heads also read which VQ codes every earlier frame was made of (each
-        # frame's shares of the codes, averaged over the frames, projected to palette_dim and
-        # broadcast over z's grid). A view that turns shows walls no recent frame showed; their
-        # colours are the maze's, which all the earlier frames, past the window, have shown.
-        self.palette = bool(palette)
-        if self.palette:
-            if palette_dim < 1:
-                raise ValueError(f"TECO: palette_dim must be >= 1, got {palette_dim}")
-            self.palette_proj = Dense(vq_n_codes, palette_dim, rngs=rngs)
-        recall_features += palette_dim * self.palette
         self.decoder = ResNetDecoder(2 * embedding_dim + prev_features * decoder_prev_frame
                                      + recall_features + action_embed_dim * self.decoder_action,
                                      decoder_depths, decoder_blocks, vq_n_codes, dtype=dtype,
@@ -270,11 +259,6 @@ class TECO(nnx.Module):
         return self.decoder_prev_frame or self.prior_prev_frame
 
     @property
-    def reads_past(self) -> bool:
-        """The heads read earlier frames than t-1: recalled ones and / or the palette."""
-        return self.recall or self.palette
-
-    @property
     def heads_read_action(self) -> bool:
         return self.decoder_action or self.prior_action
 
@@ -293,10 +277,9 @@ class TECO(nnx.Module):
                 raise ValueError(f"TECO: {head}_prev_frame needs the previous frame's VQ "
                                  f"embeddings")
             parts.append(self._fold(prev_vq_embeddings_NhwC))
-        if self.reads_past:
+        if self.recall:
             if recalled_NHWC is None:
-                raise ValueError("TECO: recall / palette need what the heads read of earlier "
-                                 "frames (past_in_clip, rollout._recalled)")
+                raise ValueError("TECO: recall needs the recalled frames (recall_frames)")
             parts.append(recalled_NHWC)
         if getattr(self, f"{head}_action"):
             if action_emb_NA is None:
@@ -354,33 +337,6 @@ class TECO(nnx.Module):
         return self.recall_frames(jnp.take(phases, jnp.asarray(positions_Q), axis=1), phases,
                                   vq_embeddings_BTHWC, valid)
 
-    def palette_of(self, vq_codes_BSHW, valid_BQS):
-        """With `palette`: for each of Q frames, the shares of the VQ codes over the S frames
-        `valid_BQS` allows (each frame's shares averaged over them; zeros where none is),
-        sqrt(share x V) projected -> [B, Q, z_h, z_w, palette_dim] float32."""
-        b, s = vq_codes_BSHW.shape[:2]
-        codes = vq_codes_BSHW.reshape(b, s, -1).astype(jnp.int32)
-        counts = jnp.zeros((b, s, self.vq_n_codes), jnp.float32).at[
-            jnp.arange(b)[:, None, None], jnp.arange(s)[None, :, None], codes].add(1.0)
-        valid = valid_BQS.astype(jnp.float32)
-        shares = (jnp.einsum("bqs,bsv->bqv", valid, counts)
-                  / (codes.shape[-1] * jnp.maximum(valid.sum(-1, keepdims=True), 1.0)))
-        feats = self.palette_proj(jnp.sqrt(shares * self.vq_n_codes)).astype(jnp.float32)
-        return jnp.broadcast_to(feats[:, :, None, None, :],
-                                (b, feats.shape[1], *self.z_shape, feats.shape[-1]))
-
-    def past_in_clip(self, actions_BT, vq_codes_BTHW, vq_embeddings_BTHWC, positions_Q):
-        """What the heads read of the clip's frames before each of `positions_Q` beyond frame
-        t-1 (recall_in_clip, then palette_of over all earlier frames of the clip), or None."""
-        parts = []
-        if self.recall:
-            parts.append(self.recall_in_clip(actions_BT, vq_embeddings_BTHWC, positions_Q))
-        if self.palette:
-            t = vq_codes_BTHW.shape[1]
-            valid = jnp.arange(t)[None, None, :] < jnp.asarray(positions_Q)[None, :, None]
-            parts.append(self.palette_of(vq_codes_BTHW, valid))
-        return jnp.concatenate(parts, axis=-1) if parts else None
-
     def recall_loss(self, actions_BT, vq_embeddings_BTHWC):
         """The match's distillation loss over the clip (`PathMatch.loss`)."""
         return self.recall_match.loss(actions_BT, vq_embeddings_BTHWC)
@@ -395,7 +351,7 @@ class TECO(nnx.Module):
         return _flat_time(decode, deter_BTHWC, z_embeddings_BTHWC,
                           prev_vq_embeddings_BThwC if self.decoder_prev_frame else None,
                           action_emb_BTA if self.decoder_action else None,
-                          recalled_BTHWC if self.reads_past else None).astype(jnp.float32)
+                          recalled_BTHWC if self.recall else None).astype(jnp.float32)
 
     def maskgit_step(self, tokens_BTHW, deter_BTHWC, prev_vq_embeddings_BThwC=None,
                      action_emb_BTA=None, recalled_BTHWC=None, *, deterministic: bool = True,
@@ -409,7 +365,7 @@ class TECO(nnx.Module):
         return _flat_time(step, tokens_BTHW, deter_BTHWC,
                           prev_vq_embeddings_BThwC if self.prior_prev_frame else None,
                           action_emb_BTA if self.prior_action else None,
-                          recalled_BTHWC if self.reads_past else None)
+                          recalled_BTHWC if self.recall else None)
 
     def lookup(self, codes):
         """TECO codes -> z embeddings (codebook lookup mode, used when sampling)."""
@@ -461,8 +417,10 @@ class TECO(nnx.Module):
                 prev_emb = jnp.take(prev_emb, idx, axis=1)
             if head_actions is not None:
                 head_actions = jnp.take(head_actions, idx, axis=1)
-        recalled = self.past_in_clip(actions, codes, vq_emb, self.n_cond + idx)
-        recall_loss = self.recall_loss(actions, vq_emb) if self.recall else None
+        recalled = recall_loss = None
+        if self.recall:
+            recalled = self.recall_in_clip(actions, vq_emb, self.n_cond + idx)
+            recall_loss = self.recall_loss(actions, vq_emb)
         n_sel = deter.shape[1]
         if maskgit_mask is None:
             mask = sample_training_mask(k_mask, (b, n_sel), self.z_shape[0] * self.z_shape[1],
@@ -520,8 +478,7 @@ def teco_from_config(config, vq_n_codes: int, vq_embedding_dim: int, latent_shap
         prior_action=config.get("prior_action", False), recall=config.get("recall", False),
         recall_reach=config.get("recall_reach", 0),
         recall_sharpness=config.get("recall_sharpness", 1.0),
-        recall_skip=config.get("recall_skip", 0), palette=config.get("palette", False),
-        palette_dim=config.get("palette_dim", 32), rngs=rngs)
+        recall_skip=config.get("recall_skip", 0), rngs=rngs)
 
 
 def teco_shell(config, vq_n_codes: int, vq_embedding_dim: int, latent_shape) -> TECO:
