@@ -31,7 +31,10 @@ from absl import logging
 PRESETS = {
     # name: data set build, stage configs and their step counts (None = the config's), rollout
     # and eval sizes, and the minutes each stage took on a 2-core CPU machine (for the ETA).
-    "demo": dict(data=("memory_maze", "revisits"), vqgan="configs/memory_maze_vqgan.py",
+    # `spins`, not `revisits` (the demo's set until 2026-12-06): the agent turns on the spot and
+    # looks again at the walls its context showed, and there the model's last frames keep
+    # their maze, on `revisits` they do not (configs/memory_maze.py, recall)
+    "demo": dict(data=("memory_maze", "spins"), vqgan="configs/memory_maze_vqgan.py",
                  # 700 VQ-GAN steps: at 500 (8.5 min against 10.3 on a slow machine, held-out
                  # PSNR 31.03 dB against 31.51) TECO's rollouts lost their sampled memory
                  # effect (docs/demo_experiments.md, 2026-12-06)
@@ -210,6 +213,25 @@ def finished(workdir: Path, total: int) -> bool:
     return any(step >= total for step in _checkpoint_steps(workdir))
 
 
+def refuse_other_data(stage_dirs: list[Path], name: str) -> None:
+    """A training stage whose saved config names another data set (a workdir of an earlier
+    preset: the demo trained on `memory_maze/revisits` until 2026-12-06) is refused, untouched,
+    instead of being reused or resumed on data it was not trained on."""
+    from teco import checkpoint
+
+    for stage_dir in stage_dirs:
+        if not (stage_dir / checkpoint.CONFIG_FILE).is_file():
+            continue
+        try:
+            trained_on = checkpoint.load_config(stage_dir).data.name
+        except (ValueError, KeyError, AttributeError):
+            continue  # not this pipeline's file: the stage's own checks speak
+        if trained_on != name:
+            raise RuntimeError(f"{stage_dir} holds a run on {trained_on}, and this preset trains "
+                               f"on {name}: give another --workdir, or move {stage_dir.parent} "
+                               "away")
+
+
 def run(workdir: Path, preset_name: str, data_dir: Path | None,
         teco_steps: int | None = None, clips_per_episode: int = 1) -> dict:
     """teco_steps: TECO's length instead of the preset's; more than a finished run's continues
@@ -234,6 +256,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
         print(f"{workdir} was made as {moved_from}: its stages now name the files here")
     name = data_name(preset)
     vq_dir, codes_dir, teco_dir = workdir / "vqgan", workdir / "codes", workdir / "teco"
+    refuse_other_data([vq_dir, teco_dir], name)
     vq_config = stage_config(preset["vqgan"], name, data_dir, preset["vqgan_steps"],
                              **preset["vqgan_over"])
     stamp = dict(vqgan=str(vq_dir), step=int(vq_config.total_steps), data=name)

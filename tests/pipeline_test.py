@@ -128,6 +128,23 @@ def test_a_teco_run_without_its_vqgan_is_refused_untouched(capsys, tmp_path):
     assert (step / "weights").read_bytes() == b"saved"
 
 
+@pytest.mark.parametrize("stage", ["vqgan", "teco"])
+def test_a_stage_trained_on_another_data_set_is_refused_untouched(capsys, tmp_path, stage):
+    """A workdir of the earlier demo preset (`revisits`) is not reused for today's (`spins`)."""
+    from teco import checkpoint
+    from teco.config import load_config
+
+    c = load_config("configs/memory_maze.py")
+    c.data.name = "memory_maze/revisits"
+    checkpoint.save_config(tmp_path / stage, c)
+    before = (tmp_path / stage / checkpoint.CONFIG_FILE).read_bytes()
+    assert pipeline.main([f"--workdir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run on memory_maze/revisits, and this preset trains on memory_maze/spins" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [stage]
+    assert (tmp_path / stage / checkpoint.CONFIG_FILE).read_bytes() == before
+
+
 def test_headline_states_the_scores_and_the_place_memory():
     result = {"num_videos": 8, "predicted_frames": 64, "context_frames": 36, "psnr": 17.4,
               "ssim": 0.57, "lpips": None, "fvd": {"pooled": 1440.2},
