@@ -83,18 +83,19 @@ DEFAULT = MemoryMazeConfig(
 SMALL = MemoryMazeConfig(
     name="small", description="64 + 8 episodes of 300 frames, for demos (~4 min on 2 cores).",
     episodes_train=64, episodes_test=8, length=300)
-# The demo's set: the agent keeps to the cells within 2 steps of where it started and, at half
-# of its goals, turns on the spot by one and a half turns, so a place that left the view comes
-# back within seconds, inside a 50-frame training window (what the demo's place memory needs).
+# The demo's set until 2026-12-06: the agent keeps to the cells within 2 steps of where it
+# started and, at half of its goals, turns on the spot by one and a half turns, so a place that
+# left the view comes back within seconds, inside a 50-frame training window.
 REVISITS = MemoryMazeConfig(
     name="revisits", description=(
         "64 + 8 episodes of 300 frames that keep to a neighbourhood and look around, so places "
         "come back within seconds (~4 min on 2 cores)."),
     episodes_train=64, episodes_test=8, length=300, home_radius=2, look_around_prob=0.5)
 # Memory made as cheap as the maze allows: most frames are turns on the spot, so a view comes
-# back every ~15 frames. Tried as the demo's set (docs/demo_experiments.md, "Cheaper memory,
-# tried and not reached"): the 900-step model showed no place memory either, and with 85 of 512
-# predicted frames revisiting nothing, the memory effect's control is too small to measure it.
+# back every ~15 frames. The demo's set since 2026-12-06 midday: with recall reaching the
+# context, the late frames keep their maze here, not on `revisits` (README, "A real run").
+# Only 85 of 512 predicted frames of the 8 held-out videos revisit nothing, a thin control for
+# the memory effect: `--clips_per_episode=3` scores 24 clips (665 such frames).
 SPINS = MemoryMazeConfig(
     name="spins", description=(
         "64 + 8 episodes of 300 frames in which the agent moves between the cells within 1 step "
