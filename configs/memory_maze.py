@@ -18,12 +18,7 @@ def get_config(arg=None):
     # 900 by step 300 (954 vs 1306 at 300; 2026-12-02, memory_maze/revisits codes).
     c.lr = 1e-3
     c.warmup_steps = 50
-    # 1,000 steps, not 1,350 (the demo's until 2026-12-06 afternoon): 3.2 fewer minutes of the
-    # first command (18.2 min against 21.7 on a fast day), and in three seeds on the same codes
-    # the last window (frames 84-99) names its own maze more often, 54%, 58%, 46% of 24 clips
-    # against 46%, 42%, 38%, at a worse FVD (827, 795, 776 against 707, 770, 682) and held-out
-    # loss (784 against 742; docs/demo_experiments.md, 2026-12-06).
-    c.total_steps = 1000
+    c.total_steps = 1350
     c.seq_len = 50
     c.eval_seq_len = 50
     c.open_loop_ctx = 36
@@ -56,7 +51,7 @@ def get_config(arg=None):
     # the clips lose their actions) the 900-step model ignored them (held-out loss 0.2 lower with
     # the true actions than with them shuffled in time, of 798): its rollouts could not turn
     # where the agent turned and drew one band of the last wall in view. With both, 900 steps:
-    # 27 lower (loss 763), FVD 746 (865); 1,350 steps (6 more minutes): loss 714,
+    # 27 lower (loss 763), FVD 746 (865); 1,350 steps (the demo's; 6 more minutes): loss 714,
     # PSNR 16.49 (15.71), FVD 729, the true actions' NLL 0.64 nats per token below shuffled ones'
     # (README, "A real run"; docs/demo_experiments.md, 2026-12-05). Without dropout the
     # no-action token is untrained: no --guidance_scale or --no_actions.
@@ -73,10 +68,10 @@ def get_config(arg=None):
     # The plain read (every earlier frame, softmax of the match itself), reaching 200 frames back
     # in rollouts so that frames past the window still read the context's real frames. On the
     # demo's set, `spins`, the last window (frames 84-99) of the first command's model names its
-    # own maze in 54% [21%, 83%] of 24 held-out clips (chance 12%), with a sampled memory
-    # effect of +1.27 dB [+0.62, +2.02]; trained with seeds 2 and 3 on the same codes, 58%
-    # [33%, 83%] and 46% [17%, 79%] (README, "A real run"; docs/demo_experiments.md,
-    # 2026-12-06). On `revisits`, the demo's set before, the read that skips the 4 nearest
+    # own maze in 46% [21%, 71%] of 24 held-out clips (chance 12%), with a sampled memory
+    # effect of +1.05 dB [+0.78, +1.38]; trained with seeds 2 and 3 on the same codes, 42%
+    # [21%, 67%] and 38% [8%, 71%] (README, "A real run"; docs/demo_experiments.md,
+    # 2026-12-06 midday). On `revisits`, the demo's set before, the read that skips the 4 nearest
     # frames and leans on the best match (recall_skip=4, recall_sharpness=4) gave the sampled
     # memory effect (+1.38 dB [+0.92, +1.93]) where the plain read did not, but no read kept
     # the last window there (8% [0%, 17%]), and on `spins` the skipping read lost it (25% [0%,

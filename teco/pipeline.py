@@ -38,7 +38,7 @@ PRESETS = {
                  # 700 VQ-GAN steps: at 500 (8.5 min against 10.3 on a slow machine, held-out
                  # PSNR 31.03 dB against 31.51) TECO's rollouts lost their sampled memory
                  # effect (docs/demo_experiments.md, 2026-12-06)
-                 teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=1000,
+                 teco="configs/memory_maze.py", vqgan_steps=700, teco_steps=1350,
                  # a held-out evaluation every ~3 minutes is enough to watch a short run
                  vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=450),
                  context=36, predict=64, eval_videos=8, sample_videos=4,
@@ -54,9 +54,9 @@ PRESETS = {
                  # the slowest of each stage in the two runs of 2026-12-04 afternoon and evening
                  # (41.5 and 40.1 min; the second with the previous-frame TECO), so the banner
                  # does not promise more than a slow machine keeps; TECO's from the half-width
-                 # encoder's 900 steps on 2026-12-05 (12.6 min), times 1,000 / 900; the
+                 # encoder's 900 steps on 2026-12-05 (12.6 min), times 1,350 / 900; the
                  # evaluation's with the samples it now writes
-                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=14.0, eval=5.4)),
+                 minutes=dict(data=2.6, vqgan=8.1, encode=2.6, teco=18.9, eval=5.4)),
     "tiny": dict(data=("synthetic", None), vqgan="configs/memory_maze_vqgan.py:tiny",
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},

@@ -9,8 +9,7 @@ from a teacher that sees the frames: frame t's own coarse look matched against t
 frames' (`appearance_logits`), a target a rollout cannot have (frame t is not drawn yet) but the
 actions can predict. In the demo's TECO after 1,350 steps its pick among the frames more than 4
 back was the same view in 0.31 of the held-out `revisits` frames, of 0.32 that had one in reach
-(0.61 of 0.63 on `spins`; 0.60 of 0.65 on `spins` after the demo's 1,000 steps since
-2026-12-06), where a match learnt from h_t had picked at chance on `revisits`
+(0.61 of 0.63 on `spins`), where a match learnt from h_t had picked at chance on `revisits`
 (docs/demo_experiments.md, 2026-12-05 evening and night).
 
 Shapes: B batch, S frames that may be recalled, Q frames that recall, K planes.
