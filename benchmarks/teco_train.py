@@ -2,6 +2,7 @@
 
     python benchmarks/teco_train.py step                     # every case, DropLoss 0.9 and off
     python benchmarks/teco_train.py step --cases dmlab_b1 dmlab_b1_chunked --drop_loss 0.9
+    python benchmarks/teco_train.py step --cases memory_maze --drop_loss 0.8 --host_devices 1 2
     python benchmarks/teco_train.py memory --devices 8 32    # dmlab @ batch 32, compiled per device
     python benchmarks/teco_train.py encoder --frames 30 --chunk 10   # where chunking costs time
 
@@ -96,7 +97,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def run_step_case(name: str, drop_loss: float, steps: int) -> dict:
+def run_step_case(name: str, drop_loss: float, steps: int, devices: int = 1) -> dict:
     import jax
     import numpy as np
 
@@ -104,7 +105,8 @@ def run_step_case(name: str, drop_loss: float, steps: int) -> dict:
 
     config_path, vq_path, over = CASES[name]
     config, task = build(config_path, vq_path, {**over, "drop_loss_rate": drop_loss})
-    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "model": 1}, devices=jax.devices()[:1])
+    mesh = sharding.make_mesh({"data": devices, "fsdp": 1, "model": 1},
+                              devices=jax.devices()[:devices])
     state, _, shardings = train.create_train_state(task, config, mesh)
     step = train.make_train_step(task, mesh, shardings, "train")
     consts = jax.device_put(task.constants(), sharding.replicated(mesh))
@@ -114,7 +116,8 @@ def run_step_case(name: str, drop_loss: float, steps: int) -> dict:
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
+    # an SPMD program's cost analysis counts one device's share
+    flops = float(cost.get("flops", float("nan"))) * devices
     state, m = compiled(state, batch, consts)
     jax.block_until_ready(m)
     times = []
@@ -126,7 +129,7 @@ def run_step_case(name: str, drop_loss: float, steps: int) -> dict:
     step_s = float(np.median(times))
     peak = peak_matmul_flops()
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    return {"case": name, "drop_loss_rate": drop_loss,
+    return {"case": name, "drop_loss_rate": drop_loss, "host_devices": devices,
             "encoder_frames_per_chunk": int(config.encoder_frames_per_chunk),
             "params_M": round(n_params / 1e6, 2),
             "batch_size": int(config.batch_size), "seq_len": int(config.seq_len),
@@ -205,7 +208,7 @@ def run_encoder_case(frames: int, chunk: int) -> dict:
 def _child(argv) -> None:
     kind = argv[0]
     if kind == "step":
-        print(json.dumps(run_step_case(argv[1], float(argv[2]), int(argv[3]))))
+        print(json.dumps(run_step_case(argv[1], float(argv[2]), int(argv[3]), int(argv[4]))))
     elif kind == "encoder":
         print(json.dumps(run_encoder_case(int(argv[1]), int(argv[2]))))
     else:
@@ -237,6 +240,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--drop_loss", type=float, nargs="*", default=[0.9, 0.0],
                    help="DropLoss rates for the step mode (0.0 on dmlab needs ~24 GB)")
+    p.add_argument("--host_devices", type=int, nargs="*", default=[1],
+                   help="step mode: XLA CPU devices of the process, the batch split over them "
+                        "(the pipeline runs one per core on CPU-only hosts: teco/host_devices.py)")
     p.add_argument("--devices", type=int, nargs="*", default=[8, 32])
     p.add_argument("--mesh", default='{"data": -1, "fsdp": 1, "model": 1}',
                    help="mesh sizes for the memory mode (JSON)")
@@ -248,7 +254,10 @@ def main() -> None:
     if args.mode == "step":
         for case in args.cases:
             for rate in args.drop_loss:
-                print(json.dumps(spawn_json(["step", case, str(rate), str(args.steps)])), flush=True)
+                for n in args.host_devices:
+                    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+                    print(json.dumps(spawn_json(["step", case, str(rate), str(args.steps), str(n)],
+                                                env)), flush=True)
     elif args.mode == "encoder":
         print(json.dumps(spawn_json(["encoder", str(args.frames), str(args.chunk)])), flush=True)
     else:

@@ -42,6 +42,10 @@ PRESETS = {
                  # a held-out evaluation every ~3 minutes is enough to watch a short run
                  vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=450),
                  context=36, predict=64, eval_videos=8, sample_videos=4,
+                 # every batch divides by 2 (VQ-GAN 16, TECO 4, the evaluation's 2): on a
+                 # CPU-only host with 2 cores or more the stages run as 2 CPU devices
+                 # (teco/host_devices.py)
+                 batch_divisor=2,
                  # the same frames imagined again from only the last 8 context frames: on
                  # revisits of places seen before them, the difference is the model's memory
                  memory_check=8,
@@ -61,6 +65,7 @@ PRESETS = {
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
                  context=2, predict=8, eval_videos=2, sample_videos=2, memory_check=0,
+                 batch_divisor=2,
                  sampler=(),
                  minutes=dict(data=0.1, vqgan=0.3, encode=0.1, teco=0.4, eval=0.5)),
 }
@@ -447,7 +452,12 @@ def main(argv=None) -> int:
                    help="evaluate K clips cut one after another from each held-out episode "
                         "(demo: 3 fit its 300-frame episodes; K times the evaluation's time)")
     args = p.parse_args(argv)
-    from teco import train
+    from teco import host_devices, train
+
+    devices = host_devices.one_device_per_core(PRESETS[args.preset]["batch_divisor"])
+    if devices:
+        print(f"this CPU-only host runs the stages as {devices} XLA CPU devices, one per core, "
+              "each with its share of every batch")
     from teco.train import quiet_library_logs
 
     logging.set_verbosity(logging.INFO)
