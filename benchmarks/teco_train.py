@@ -39,6 +39,9 @@ CASES = {
     # without `recall` (the frames its actions lead back to): what recall costs a step
     "memory_maze_no_recall": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
                               {"recall": False}),
+    # its matmuls and convolutions in bfloat16: slower on this machine's CPU (README, Performance)
+    "memory_maze_bf16": ("configs/memory_maze.py", "configs/memory_maze_vqgan.py",
+                         {"compute_dtype": "bfloat16"}),
     # The encoder 75 time steps at a time, recomputed in the backward pass: its cost in time.
     "dmlab_b1_chunked": ("configs/dmlab.py", "configs/dmlab_vqgan.py",
                          {"batch_size": 1, "encoder_frames_per_chunk": 75}),
