@@ -392,6 +392,28 @@ def test_sigkill_then_sigterm_then_rerun_is_bitwise_exact(cli, reference, tmp_pa
     assert_same_state(cli.state(tmp_path, TOTAL), reference[1])
 
 
+def test_a_run_of_one_device_resumes_as_two(cli, reference, tmp_path):
+    """A run stopped as one CPU device finishes as two (the pipeline splits a CPU-only host into
+    one device per core since 2026-12-06, so a workdir begun before resumes so)."""
+    one = subprocess.Popen(cli.args(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.STDOUT, env=dict(cli.env, XLA_FLAGS=xla_flags(1)))
+    wait_for_checkpoint(one, tmp_path, 3)
+    one.send_signal(signal.SIGTERM)
+    assert one.wait(timeout=300) == 0
+    stopped = checkpoint.finalized_steps(tmp_path)[-1]
+    assert stopped < TOTAL, "the one-device run finished before it could be stopped"
+
+    done = cli.run(tmp_path)   # cli.env: 2 devices
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {tmp_path} at step {stopped}" in done.stderr
+    assert checkpoint.finalized_steps(tmp_path)[-1] == TOTAL
+    # the sums ran in another order on two devices: close to the two-device run, not equal
+    ours, ref = cli.state(tmp_path, TOTAL), reference[1]
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        if np.issubdtype(np.asarray(a).dtype, np.floating):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-3)
+
+
 def test_a_workdir_still_in_training_is_refused_untouched(cli, reference, tmp_path):
     """A second trainer on a workdir whose marker names a live process here: exit 2, one line,
     and the first run's unfinished checkpoint left where it is."""
