@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -42,10 +43,6 @@ PRESETS = {
                  # a held-out evaluation every ~3 minutes is enough to watch a short run
                  vqgan_over=dict(log_eval_interval=350), teco_over=dict(log_eval_interval=450),
                  context=36, predict=64, eval_videos=8, sample_videos=4,
-                 # every batch divides by 2 (VQ-GAN 16, TECO 4, the evaluation's 2): on a
-                 # CPU-only host with 2 cores or more the stages run as 2 CPU devices
-                 # (teco/host_devices.py)
-                 batch_divisor=2,
                  # the same frames imagined again from only the last 8 context frames: on
                  # revisits of places seen before them, the difference is the model's memory
                  memory_check=8,
@@ -65,11 +62,12 @@ PRESETS = {
                  teco="configs/memory_maze.py:tiny", vqgan_steps=6, teco_steps=6,
                  vqgan_over={}, teco_over={},
                  context=2, predict=8, eval_videos=2, sample_videos=2, memory_check=0,
-                 batch_divisor=2,
                  sampler=(),
                  minutes=dict(data=0.1, vqgan=0.3, encode=0.1, teco=0.4, eval=0.5)),
 }
 STAGES = ("data", "vqgan", "encode", "teco", "eval")
+# videos per rollout batch in the evaluation: a larger one was not faster (README, Performance)
+EVAL_BATCH = 2
 
 
 class StageClock:
@@ -218,6 +216,15 @@ def finished(workdir: Path, total: int) -> bool:
     return any(step >= total for step in _checkpoint_steps(workdir))
 
 
+def batch_divisor(preset: dict) -> int:
+    """The largest number every batch of the preset's stages divides by: the CPU devices it may
+    be split into (teco/host_devices.py)."""
+    from teco.config import load_config
+
+    return math.gcd(load_config(preset["vqgan"]).batch_size,
+                    load_config(preset["teco"]).batch_size, EVAL_BATCH)
+
+
 def refuse_other_data(stage_dirs: list[Path], name: str) -> None:
     """A training stage whose saved config names another data set (a workdir of an earlier
     preset: the demo trained on `memory_maze/revisits` until 2026-12-06) is refused, untouched,
@@ -318,7 +325,7 @@ def run(workdir: Path, preset_name: str, data_dir: Path | None,
     args = teco_eval.parse([f"--workdir={teco_dir}", "--protocol=custom", f"--context={context}",
                             f"--predict={predict}", f"--num_videos={preset['eval_videos']}",
                             f"--clips_per_episode={clips_per_episode}",
-                            "--batch_size=2", f"--data_dir={data_dir}",
+                            f"--batch_size={EVAL_BATCH}", f"--data_dir={data_dir}",
                             f"--out={workdir / 'eval'}", f"--memory_check={preset['memory_check']}",
                             f"--samples_out={workdir / 'samples'}",
                             f"--num_samples={preset['sample_videos']}", *preset["sampler"]])
@@ -454,7 +461,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from teco import host_devices, train
 
-    devices = host_devices.one_device_per_core(PRESETS[args.preset]["batch_divisor"])
+    devices = host_devices.one_device_per_core(batch_divisor(PRESETS[args.preset]))
     if devices:
         print(f"this CPU-only host runs the stages as {devices} XLA CPU devices, one per core, "
               "each with its share of every batch")
