@@ -66,7 +66,11 @@ def trans_loss(logits_BTHWK, codes_BTHW, mask_BTHW):
 
 
 def accuracy(logits, labels, mask=None):
-    hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    """Share of positions whose label has the largest logit (a tie counts as a hit). A max and
+    a gather, not argmax: XLA's CPU backend runs argmax as a scalar loop (19 ms of the demo
+    TECO's 440 ms train step, for a logged metric)."""
+    label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    hit = (label_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
     if mask is None:
         return jnp.mean(hit)
     m = mask.astype(jnp.float32)

@@ -30,6 +30,20 @@ def perplexity_of(codes, n_codes: int):
     return jnp.exp(-jnp.sum(freq * jnp.log(freq + _PERPLEXITY_EPS)))
 
 
+def first_argmin(x):
+    """jnp.argmin(x, -1) (the first index on ties) as two plain reductions, no variadic one.
+
+    XLA's CPU backend runs argmin's (value, index) reduction as a scalar loop: over the demo
+    TECO's 512 codes it was 20 ms of a 440 ms train step; a min, then the smallest float index
+    where x equals it, take a few (benchmarks/teco_train.py). A NaN never gives an index out of range.
+    """
+    n = x.shape[-1]
+    at_min = x == jnp.min(x, axis=-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.float32, x.shape, x.ndim - 1)
+    first = jnp.min(jnp.where(at_min, index, float(n - 1)), axis=-1)
+    return first.astype(jnp.int32)
+
+
 def quantize(z, proj_in_kernel, proj_out_kernel, codebook, *, beta: float = 0.25):
     """Pure quantiser. z [..., D]; proj_in [D, P]; proj_out [P, D]; codebook [K, P].
 
@@ -45,7 +59,7 @@ def quantize(z, proj_in_kernel, proj_out_kernel, codebook, *, beta: float = 0.25
     codes_KP = l2_normalize(jnp.asarray(codebook, jnp.float32))
     p = l2_normalize(jnp.einsum("...d,dp->...p", z, proj_in_kernel))
     distances = 2.0 - 2.0 * jnp.einsum("...p,kp->...k", p, codes_KP)
-    codes = jnp.argmin(distances, axis=-1).astype(jnp.int32)  # argmin keeps the first index on ties
+    codes = first_argmin(distances)
     q = jnp.take(codes_KP, codes, axis=0)
     commitment_loss = beta * jnp.mean(0.5 * jnp.square(p - jax.lax.stop_gradient(q)))
     codebook_loss = jnp.mean(0.5 * jnp.square(jax.lax.stop_gradient(p) - q))
