@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from teco import sampling
+from teco.first_index import first_argmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ def decode_frame(model, table, deter_BHWC, deter_uncond_BHWC, key, spec: Sampler
         raise ValueError(f"sampler must be 'draft_revise' or 'confidence', got {spec.sampler!r}")
     z = model.lookup(codes.reshape(b, zh, zw))
     vq_logits = model.decoder(deter_BHWC, model.decoder_input(z, prev, action_emb_BA, recalled))
-    return jnp.argmax(vq_logits, axis=-1).astype(jnp.int32), z
+    return first_argmax(vq_logits), z
 
 
 def _check(model, codes_BCHW, actions_BN, n_new):

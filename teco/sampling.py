@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from teco.first_index import first_argmax
+
 MASK = -1
 LogitsFn = Callable[[jax.Array], jax.Array]
 
@@ -42,11 +44,13 @@ def top_k_filter(logits, k: int):
 
 
 def sample_logits(key, logits, temperature: float = 1.0, top_k: int = 0):
-    """Categorical sample per position; temperature 0 is argmax."""
+    """Categorical sample per position; temperature 0 is argmax. The sample is
+    `jax.random.categorical`'s, Gumbel noise and all, with its argmax as `first_argmax`."""
     logits = top_k_filter(logits, top_k)
     if temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
+    logits = logits / temperature
+    return first_argmax(jax.random.gumbel(key, logits.shape, logits.dtype) + logits)
 
 
 def group_ids(key, batch: int, length: int, n_groups: int) -> jax.Array:

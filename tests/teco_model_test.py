@@ -16,7 +16,7 @@ import teco  # noqa: F401  (sets flax's sharding mode)
 from teco import losses
 from teco.convert import authors_to_nnx, config_from_authors
 from teco.models.maskgit import mask_ratio, sample_training_mask
-from teco.models.quantizer import FactorizedCodebook, first_argmin, quantize
+from teco.models.quantizer import FactorizedCodebook, quantize
 from teco.models.recall import PathMatch
 from teco.models.teco import TECO, teco_shell
 from teco.models.transformer import Transformer
@@ -561,18 +561,6 @@ def test_quantizer_module_straight_through_and_lookup():
     assert out["projected"].shape == (3, 5, 4)
     np.testing.assert_allclose(np.asarray(looked_up), np.asarray(out["embeddings"]), atol=1e-6)
     assert float(jnp.abs(grad).sum()) > 0  # straight-through: gradients reach the encoder output
-
-
-def test_first_argmin_is_argmin_with_ties_and_nan():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 7, 512)).astype(np.float32)
-    x[0, :, 9] = x[0, :, 400] = -10.0  # tied minimum: the first index wins, as in argmin
-    x[1, 2, 0] = x[1, 2, 511] = -10.0
-    got = np.asarray(jit(first_argmin)(x))
-    np.testing.assert_array_equal(got, np.argmin(x, axis=-1))
-    assert got.dtype == np.int32 and (got[0] == 9).all() and got[1, 2] == 0
-    x[2, 3, 5] = np.nan  # a NaN never gives an index out of range (jnp.take would clamp it)
-    assert 0 <= int(jit(first_argmin)(x)[2, 3]) < 512
 
 
 def test_accuracy_counts_the_label_at_the_max_logit():

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from teco.first_index import first_argmin
 from teco.sharding import logical
 
 _NORM_EPS = 1e-6
@@ -28,20 +29,6 @@ def perplexity_of(codes, n_codes: int):
     one_hot = jax.nn.one_hot(codes.reshape(-1), n_codes, dtype=jnp.float32)
     freq = jnp.mean(one_hot, axis=0)
     return jnp.exp(-jnp.sum(freq * jnp.log(freq + _PERPLEXITY_EPS)))
-
-
-def first_argmin(x):
-    """jnp.argmin(x, -1) (the first index on ties) as two plain reductions, no variadic one.
-
-    XLA's CPU backend runs argmin's (value, index) reduction as a scalar loop: over the demo
-    TECO's 512 codes it was 20 ms of a 440 ms train step; a min, then the smallest float index
-    where x equals it, take a few (benchmarks/teco_train.py). A NaN never gives an index out of range.
-    """
-    n = x.shape[-1]
-    at_min = x == jnp.min(x, axis=-1, keepdims=True)
-    index = jax.lax.broadcasted_iota(jnp.float32, x.shape, x.ndim - 1)
-    first = jnp.min(jnp.where(at_min, index, float(n - 1)), axis=-1)
-    return first.astype(jnp.int32)
 
 
 def quantize(z, proj_in_kernel, proj_out_kernel, codebook, *, beta: float = 0.25):
